@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# URLs written by `make services` (embedded fallback); the environment wins.
+ENV_FILE := .blogqueue/env
+LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
+
+.PHONY: install services migrate test chaos lint demo bench worker serve clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services: $(STAMP)
+	$(PY) scripts/services.py
+
+migrate: services
+	$(LOAD_ENV) $(VENV)/bin/blogqueue migrate
+
+test: services
+	$(LOAD_ENV) $(VENV)/bin/ruff check .
+	$(LOAD_ENV) $(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+chaos: services
+	$(LOAD_ENV) $(PY) -m pytest -m chaos $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+worker: migrate
+	$(LOAD_ENV) $(VENV)/bin/blogqueue worker
+
+serve: migrate
+	$(LOAD_ENV) $(VENV)/bin/blogqueue serve
+
+clean:
+	$(PY) scripts/services.py --stop || true
+	rm -rf $(VENV) .blogqueue .pytest_cache .ruff_cache

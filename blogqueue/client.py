@@ -1,0 +1,283 @@
+"""The library API: enqueue, read and stop jobs.
+
+These are the functions the HTTP service calls, and the ones another Python
+service imports:
+
+    async with await Client.connect(Settings.from_env()) as bq:
+        out = await bq.enqueue("store-1", [{"source": {"type": "keyword", "keyword": "tea"}}])
+        job = await bq.get_job(out["jobs"][0]["id"], tenant_id="store-1")
+
+Every call that names a tenant sees only that tenant's jobs; `tenant_id=None`
+is the operator's (admin) view. A refused call writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import uuid
+from typing import Any
+
+import asyncpg
+
+from . import db
+from .db import Q
+from .errors import BacklogFull, Conflict, InvalidInput, NotFound
+from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job
+from .settings import Settings
+
+THROUGHPUT_WINDOW_S = 300.0
+MAX_EVENTS = 200
+MAX_PAGE = 200
+
+
+class Client:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, owns_pool: bool = False) -> None:
+        self.settings = settings
+        self.pool = pool
+        self._owns_pool = owns_pool
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> Client:
+        return cls(settings, await db.create_pool(settings), owns_pool=True)
+
+    async def close(self) -> None:
+        if self._owns_pool:
+            await self.pool.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- enqueue ---------------------------------------------------------------
+
+    async def enqueue(self, tenant_id: str, jobs: list[dict[str, Any]] | dict[str, Any],
+                      *, user_id: str | None = None) -> dict[str, Any]:
+        """Enqueue one job or many, atomically: all are accepted or none is.
+
+        Returns `batch_id`, the jobs (`id`, `status`, `replayed` when an
+        `idempotency_key` matched an existing job) and `estimated_wait_s`, the
+        time until the last of them should start at recent throughput (None
+        while nothing finished in the last five minutes).
+        """
+        _check_tenant(tenant_id)
+        raw = [jobs] if isinstance(jobs, dict) else jobs
+        if not isinstance(raw, list) or not raw:
+            raise InvalidInput("jobs must be a non-empty list of job objects", details={"field": "jobs"})
+        if len(raw) > self.settings.max_batch_size:
+            raise InvalidInput(f"at most {self.settings.max_batch_size} jobs per request",
+                               details={"field": "jobs", "limit": self.settings.max_batch_size})
+        specs = [parse_job(r, f"jobs[{i}]" if len(raw) > 1 else "job") for i, r in enumerate(raw)]
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q["lock_tenant_enqueue"], tenant_id)
+            ids, new = await self._resolve_idempotency(conn, tenant_id, specs)
+            counts = await conn.fetchrow(Q["backlog_counts"], tenant_id)
+            rate = await self._throughput(conn)
+            self._check_backlog(counts, len(new), rate)
+            batch_id = await self._insert(conn, tenant_id, user_id, specs, ids, new)
+            rows = await conn.fetch(
+                "SELECT id, bq_public_status(status, failures) AS status FROM bq_jobs WHERE id = ANY($1::uuid[])",
+                list(set(ids)))
+            await conn.execute(Q["notify_dispatcher"], "enqueue")
+        status = {r["id"]: r["status"] for r in rows}
+        return {
+            "batch_id": str(batch_id),
+            "jobs": [{"id": str(i), "status": status[i], "replayed": n not in new}
+                     for n, i in enumerate(ids)],
+            "estimated_wait_s": _estimate_wait(counts, len(new), rate),
+        }
+
+    async def _resolve_idempotency(self, conn: asyncpg.Connection, tenant_id: str,
+                                   specs: list[JobSpec]) -> tuple[list[uuid.UUID], set[int]]:
+        """Give each spec a job id; returns the ids and the indexes that are new jobs."""
+        keys = [s.idempotency_key for s in specs if s.idempotency_key]
+        existing = {r["idempotency_key"]: r for r in
+                    await conn.fetch(Q["find_by_idempotency_keys"], tenant_id, keys)} if keys else {}
+        seen: dict[str, tuple[uuid.UUID, str]] = {
+            k: (r["id"], r["request_hash"]) for k, r in existing.items()}
+        ids: list[uuid.UUID] = []
+        new: set[int] = set()
+        for n, spec in enumerate(specs):
+            key = spec.idempotency_key
+            if key and key in seen:
+                job_id, digest = seen[key]
+                if digest != spec.request_hash():
+                    raise Conflict(f"idempotency_key {key!r} was already used for a different job",
+                                   details={"idempotency_key": key, "job_id": str(job_id)})
+                ids.append(job_id)
+                continue
+            job_id = uuid.uuid4()
+            if key:
+                seen[key] = (job_id, spec.request_hash())
+            ids.append(job_id)
+            new.add(n)
+        return ids, new
+
+    def _check_backlog(self, counts: asyncpg.Record, adding: int, rate: float | None) -> None:
+        s = self.settings
+        over = [(counts["total"] + adding - s.max_backlog, "global", s.max_backlog),
+                (counts["tenant"] + adding - s.max_tenant_backlog, "tenant", s.max_tenant_backlog)]
+        excess, scope, limit = max(over)
+        if adding and excess > 0:
+            retry_after = 30 if not rate else max(1, min(3600, math.ceil(excess / rate)))
+            raise BacklogFull(
+                f"the {scope} backlog limit of {limit} jobs would be passed; retry later",
+                retry_after=retry_after,
+                details={"scope": scope, "limit": limit, "backlog": counts[scope if scope == "tenant" else "total"],
+                         "requested": adding, "retry_after_s": retry_after})
+
+    async def _throughput(self, conn: asyncpg.Connection) -> float | None:
+        n = await conn.fetchval(Q["finished_since"], THROUGHPUT_WINDOW_S)
+        return n / THROUGHPUT_WINDOW_S if n else None
+
+    async def _insert(self, conn: asyncpg.Connection, tenant_id: str, user_id: str | None,
+                      specs: list[JobSpec], ids: list[uuid.UUID], new: set[int]) -> uuid.UUID:
+        if not new:
+            return await conn.fetchval("SELECT batch_id FROM bq_jobs WHERE id = $1", ids[0])
+        batch_id = uuid.uuid4()
+        await conn.execute(Q["insert_batch"], batch_id, tenant_id, len(new))
+        picked = [(ids[n], specs[n]) for n in sorted(new)]
+        await conn.execute(
+            Q["insert_jobs"],
+            [i for i, _ in picked], [s.kind for _, s in picked], [s.stored() for _, s in picked],
+            [s.model for _, s in picked], [s.priority for _, s in picked],
+            [s.idempotency_key for _, s in picked], [s.request_hash() for _, s in picked],
+            [s.run_at for _, s in picked], [s.stages[0] for _, s in picked],
+            tenant_id, user_id, batch_id)
+        return batch_id
+
+    # -- read ------------------------------------------------------------------
+
+    async def get_job(self, job_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+        """One job with its stage outputs and progress events; NotFound if not the tenant's."""
+        jid = _uuid(job_id, "job")
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(Q["get_job"], jid, tenant_id)
+            if row is None:
+                raise NotFound("no such job", details={"id": job_id})
+            events = await conn.fetch(Q["job_events"], jid, MAX_EVENTS)
+            stages = await conn.fetch(Q["job_stages"], jid)
+        job = public_job(dict(row))
+        job["events"] = [{"at": e["at"].isoformat(), "attempt": e["attempt"], "event": e["event"],
+                          **({"detail": e["detail"]} if e["detail"] else {})} for e in events]
+        job["stages"] = {s["stage"]: {"attempt": s["attempt"], "at": s["created_at"].isoformat()}
+                         for s in stages}
+        return job
+
+    async def list_jobs(self, tenant_id: str | None, *, status: str | None = None,
+                        batch_id: str | None = None, limit: int = 50,
+                        cursor: str | None = None) -> dict[str, Any]:
+        """The tenant's jobs, newest first. `next_cursor` is None on the last page.
+
+        Pages follow an insertion sequence, so jobs enqueued while paging never
+        push an already listed job onto the next page, nor skip one.
+        """
+        if status is not None and status not in PUBLIC_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(PUBLIC_STATUSES)}",
+                               details={"field": "status"})
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}", details={"field": "limit"})
+        bid = _uuid(batch_id, "batch") if batch_id is not None else None
+        after = _decode_cursor(cursor, tenant_id) if cursor else None
+        rows = await self.pool.fetch(Q["list_jobs"], tenant_id, status, bid, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"jobs": [public_job(dict(r)) for r in rows],
+                "next_cursor": _encode_cursor(rows[-1]["seq"], tenant_id) if more else None}
+
+    async def get_batch(self, batch_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+        bid = _uuid(batch_id, "batch")
+        async with self.pool.acquire() as conn:
+            batch = await conn.fetchrow(Q["get_batch"], bid, tenant_id)
+            if batch is None:
+                raise NotFound("no such batch", details={"id": batch_id})
+            counts = {r["status"]: r["n"] for r in await conn.fetch(Q["batch_counts"], bid)}
+        return {"id": str(batch["id"]), "tenant_id": batch["tenant_id"],
+                "created_at": batch["created_at"].isoformat(), "total": batch["job_count"],
+                "counts": {s: counts.get(s, 0) for s in PUBLIC_STATUSES},
+                "finished": sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+                == batch["job_count"]}
+
+    # -- stop ------------------------------------------------------------------
+
+    async def stop_job(self, job_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+        """Stop one job. Stopping a finished job changes nothing and is not an error."""
+        jid = _uuid(job_id, "job")
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT 1 FROM bq_jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+                                   jid, tenant_id) is None:
+                raise NotFound("no such job", details={"id": job_id})
+        out = await self._stop(Q["stoppable_job"], jid, tenant_id)
+        return {**out, "job": await self.get_job(job_id, tenant_id)}
+
+    async def stop_batch(self, batch_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+        bid = _uuid(batch_id, "batch")
+        if await self.pool.fetchrow(Q["get_batch"], bid, tenant_id) is None:
+            raise NotFound("no such batch", details={"id": batch_id})
+        return await self._stop(Q["stoppable_batch"], bid, tenant_id)
+
+    async def stop_tenant(self, tenant_id: str) -> dict[str, Any]:
+        _check_tenant(tenant_id)
+        return await self._stop(Q["stoppable_tenant"], tenant_id)
+
+    async def _stop(self, select: str, *args: Any) -> dict[str, Any]:
+        """Cancels waiting work now; running work is flagged and its worker told to abort it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids = [r["id"] for r in await conn.fetch(select, *args)]
+            rows = await conn.fetch(Q["stop_jobs"], ids) if ids else []
+            stopping = sum(1 for r in rows if r["status"] == "running")
+            if stopping:
+                await conn.execute(Q["notify_cancel"], "check")
+        return {"cancelled": len(rows) - stopping, "stopping": stopping}
+
+
+def _check_tenant(tenant_id: str) -> None:
+    if not isinstance(tenant_id, str) or not 0 < len(tenant_id) <= 200:
+        raise InvalidInput("tenant_id must be a string of 1 to 200 characters", details={"field": "tenant_id"})
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound(f"no such {what}", details={"id": str(value)}) from None
+
+
+def _tenant_tag(tenant_id: str | None) -> str:
+    return hashlib.sha256((tenant_id or "*").encode()).hexdigest()[:12]
+
+
+def _encode_cursor(seq: int, tenant_id: str | None) -> str:
+    raw = json.dumps({"s": seq, "t": _tenant_tag(tenant_id)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, tenant_id: str | None) -> int:
+    """A cursor is bound to the tenant that got it; any other answers NotFound."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        seq, tag = int(data["s"]), data["t"]
+    except (ValueError, KeyError, TypeError):
+        raise NotFound("no such cursor", details={"field": "cursor"}) from None
+    if tag != _tenant_tag(tenant_id):
+        raise NotFound("no such cursor", details={"field": "cursor"})
+    return seq
+
+
+def _estimate_wait(counts: asyncpg.Record, adding: int, rate: float | None) -> float | None:
+    """Seconds until the last new job should start at recent throughput.
+
+    The fair dispatcher shares throughput between tenants with work, so a small
+    tenant waits for about its own backlog times the number of active tenants,
+    never more than for the whole backlog.
+    """
+    if not rate:
+        return None
+    tenants = counts["tenants"] + (0 if counts["tenant"] else 1)
+    ahead = min(counts["total"] + adding, (counts["tenant"] + adding) * max(1, tenants))
+    return round(ahead / rate, 1)

@@ -1,0 +1,62 @@
+"""The one interface every provider adapter implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who a provider call is for: passed along so adapters can log and fakes can count."""
+
+    job_id: str
+    attempt: int
+    stage: str
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    model: str
+    prompt: str
+    system: str | None = None
+    max_tokens: int = 1024
+    json_output: bool = False
+
+
+@dataclass(frozen=True)
+class TextResult:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    model: str
+    prompt: str
+    size: str = "1024x1024"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    url: str
+    model: str
+
+
+class Provider(Protocol):
+    """Adapters raise blogqueue.errors.JobError subclasses, never a bare SDK error."""
+
+    name: str
+
+    async def generate_text(self, request: TextRequest, api_key: str | None,
+                            ctx: CallContext) -> TextResult: ...
+
+    async def generate_image(self, request: ImageRequest, api_key: str | None,
+                             ctx: CallContext) -> ImageResult: ...

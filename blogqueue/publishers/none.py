@@ -1,0 +1,15 @@
+"""Keep the result in PostgreSQL only: the job's status returns it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..settings import Settings
+
+
+async def publish(job: dict[str, Any], post: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    return {"publisher": "none", "kept": True}
+
+
+async def write_back(job: dict[str, Any], rewrite: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    return {"publisher": "none", "kept": True}

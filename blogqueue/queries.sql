@@ -1,0 +1,296 @@
+-- Every query the engine runs, by name. Python calls them through blogqueue.db.Q.
+-- Statements that change a job's state say which state they expect in their
+-- WHERE clause: the database, not Python, decides who wins a race.
+
+-- name: lock_tenant_enqueue
+-- Serialises enqueues of one tenant so its backlog limit and idempotency keys are exact.
+SELECT pg_advisory_xact_lock(hashtext('blogqueue.enqueue'), hashtext($1));
+
+-- name: backlog_counts
+SELECT count(*) FILTER (WHERE tenant_id = $1) AS tenant,
+       count(*) AS total,
+       count(DISTINCT tenant_id) AS tenants
+FROM bq_jobs
+WHERE status IN ('scheduled', 'queued', 'dispatched', 'running');
+
+-- name: finished_since
+SELECT count(*) AS n FROM bq_jobs WHERE finished_at > now() - make_interval(secs => $1);
+
+-- name: find_by_idempotency_keys
+SELECT id, idempotency_key, request_hash, batch_id
+FROM bq_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
+
+-- name: insert_batch
+INSERT INTO bq_batches (id, tenant_id, job_count) VALUES ($1, $2, $3);
+
+-- name: insert_jobs
+-- Bulk insert, one array per column; run_at NULL means now.
+WITH rows AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
+                         $6::text[], $7::text[], $8::timestamptz[], $9::text[])
+        AS r(id, kind, spec, model, priority, idempotency_key, request_hash, run_at, stage)
+), ins AS (
+    INSERT INTO bq_jobs (id, tenant_id, user_id, batch_id, kind, spec, model, priority,
+                         idempotency_key, request_hash, status, run_at, stage)
+    SELECT r.id, $10, $11, $12, r.kind, r.spec, r.model, r.priority, r.idempotency_key,
+           r.request_hash,
+           CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+           coalesce(r.run_at, now()), r.stage
+    FROM rows r
+    RETURNING id, status, run_at
+)
+INSERT INTO bq_job_events (job_id, attempt, event)
+SELECT id, 0, 'enqueued' FROM ins;
+
+-- name: notify_dispatcher
+SELECT pg_notify('blogqueue_dispatch', $1);
+
+-- name: get_job
+SELECT j.*, bq_public_status(j.status, j.failures) AS public_status
+FROM bq_jobs j WHERE j.id = $1 AND ($2::text IS NULL OR j.tenant_id = $2);
+
+-- name: job_events
+SELECT attempt, at, event, detail FROM bq_job_events WHERE job_id = $1 ORDER BY id LIMIT $2;
+
+-- name: job_stages
+SELECT stage, attempt, output, created_at FROM bq_job_stages WHERE job_id = $1 ORDER BY created_at;
+
+-- name: list_jobs
+-- $1 NULL lists every tenant (admin).
+SELECT j.*, bq_public_status(j.status, j.failures) AS public_status
+FROM bq_jobs j
+WHERE ($1::text IS NULL OR j.tenant_id = $1)
+  AND ($2::text IS NULL OR bq_public_status(j.status, j.failures) = $2)
+  AND ($3::uuid IS NULL OR j.batch_id = $3)
+  AND ($4::bigint IS NULL OR j.seq < $4)
+ORDER BY j.seq DESC
+LIMIT $5;
+
+-- name: get_batch
+SELECT id, tenant_id, job_count, created_at FROM bq_batches
+WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
+
+-- name: batch_counts
+SELECT bq_public_status(status, failures) AS status, count(*) AS n
+FROM bq_jobs WHERE batch_id = $1 GROUP BY 1;
+
+-- name: batch_job_ids
+SELECT id, bq_public_status(status, failures) AS status FROM bq_jobs
+WHERE batch_id = $1 ORDER BY seq;
+
+-- name: stoppable_job
+SELECT id FROM bq_jobs
+WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)
+  AND status IN ('scheduled', 'queued', 'dispatched', 'running');
+
+-- name: stoppable_batch
+SELECT id FROM bq_jobs
+WHERE batch_id = $1 AND ($2::text IS NULL OR tenant_id = $2)
+  AND status IN ('scheduled', 'queued', 'dispatched', 'running');
+
+-- name: stoppable_tenant
+SELECT id FROM bq_jobs
+WHERE tenant_id = $1 AND status IN ('scheduled', 'queued', 'dispatched', 'running');
+
+-- name: stop_jobs
+-- Waiting work is cancelled now; running work is flagged and its worker told.
+WITH target AS (
+    SELECT id, status FROM bq_jobs
+    WHERE id = ANY($1::uuid[]) AND status IN ('scheduled', 'queued', 'dispatched', 'running')
+    FOR UPDATE
+), upd AS (
+    UPDATE bq_jobs j SET
+        status = CASE WHEN t.status = 'running' THEN 'running' ELSE 'cancelled' END,
+        cancel_requested = true,
+        finished_at = CASE WHEN t.status = 'running' THEN NULL ELSE now() END,
+        lease_until = CASE WHEN t.status = 'running' THEN j.lease_until END,
+        last_error = CASE WHEN t.status = 'running' THEN j.last_error ELSE 'stopped by request' END,
+        error_code = CASE WHEN t.status = 'running' THEN j.error_code ELSE 'cancelled' END,
+        updated_at = now()
+    FROM target t WHERE j.id = t.id
+    RETURNING j.id, j.attempt, j.status
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event)
+    SELECT id, attempt, CASE WHEN status = 'running' THEN 'stop_requested' ELSE 'cancelled' END
+    FROM upd
+)
+SELECT id, status FROM upd;
+
+-- name: notify_cancel
+SELECT pg_notify('blogqueue_cancel', $1);
+
+-- name: promote_scheduled
+UPDATE bq_jobs SET status = 'queued', updated_at = now()
+WHERE id IN (SELECT id FROM bq_jobs WHERE status = 'scheduled' AND run_at <= now()
+             ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+  AND status = 'scheduled';
+
+-- name: reap_leases
+-- Work whose lease lapsed goes back to the queue. A dispatched attempt that never
+-- started (Redis lost it) costs nothing; a running one whose worker vanished counts
+-- as a failure, so a job that kills its worker every time ends failed.
+WITH lapsed AS (
+    SELECT id FROM bq_jobs
+    WHERE status IN ('dispatched', 'running') AND lease_until < now()
+    ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE bq_jobs j SET
+        failures = j.failures + (j.status = 'running')::int,
+        status = CASE
+            WHEN j.cancel_requested THEN 'cancelled'
+            WHEN j.status = 'running' AND j.failures + 1 >= $1 THEN 'failed'
+            ELSE 'queued' END,
+        last_error = CASE
+            WHEN j.cancel_requested THEN 'stopped by request'
+            WHEN j.status = 'running' THEN 'worker lost: the attempt''s lease expired before it finished'
+            ELSE j.last_error END,
+        error_code = CASE
+            WHEN j.cancel_requested THEN 'cancelled'
+            WHEN j.status = 'running' THEN 'worker_lost'
+            ELSE j.error_code END,
+        finished_at = CASE
+            WHEN j.cancel_requested OR (j.status = 'running' AND j.failures + 1 >= $1) THEN now() END,
+        lease_until = NULL, worker_id = NULL, updated_at = now()
+    FROM lapsed l WHERE j.id = l.id
+    RETURNING j.id, j.attempt, j.status
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail)
+    SELECT id, attempt, 'lease_expired', jsonb_build_object('now', status) FROM upd
+)
+SELECT id, attempt, status FROM upd;
+
+-- name: live_capacity
+SELECT coalesce(sum(concurrency + prefetch), 0)::int AS capacity, count(*)::int AS workers
+FROM bq_workers
+WHERE queue_name = $1 AND stopped_at IS NULL
+  AND heartbeat_at > now() - make_interval(secs => $2);
+
+-- name: inflight_total
+SELECT count(*)::int AS n FROM bq_jobs WHERE status IN ('dispatched', 'running');
+
+-- name: fair_candidates
+-- Weighted round robin as water-filling: every candidate gets the in-flight count
+-- its tenant would reach by taking it ("slot"); candidates are taken lowest
+-- slot/weight first, so each free slot goes to the tenant furthest below its share.
+-- Candidates that would pass the per-tenant cap come after every one that would
+-- not: the cap binds only while other tenants have work that can use the slot.
+-- Ties between tenants rotate with $3.
+WITH RECURSIVE tenants AS (
+    (SELECT tenant_id FROM bq_jobs WHERE status = 'queued' ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id FROM bq_jobs j
+            WHERE j.status = 'queued' AND j.tenant_id > t.tenant_id
+            ORDER BY j.tenant_id LIMIT 1)
+    FROM tenants t WHERE t.tenant_id IS NOT NULL
+), inflight AS (
+    SELECT tenant_id, count(*) AS n FROM bq_jobs
+    WHERE status IN ('dispatched', 'running') GROUP BY tenant_id
+), candidates AS (
+    SELECT c.id, t.tenant_id, coalesce(i.n, 0) + c.rn AS slot, coalesce(w.weight, 1) AS weight, c.rn
+    FROM tenants t
+    LEFT JOIN inflight i ON i.tenant_id = t.tenant_id
+    LEFT JOIN bq_tenants w ON w.tenant_id = t.tenant_id
+    CROSS JOIN LATERAL (
+        SELECT j.id, row_number() OVER (ORDER BY j.priority DESC, j.attempt, j.created_at, j.id) AS rn
+        FROM bq_jobs j
+        WHERE j.tenant_id = t.tenant_id AND j.status = 'queued'
+        ORDER BY j.priority DESC, j.attempt, j.created_at, j.id
+        LIMIT $1
+    ) c
+    WHERE t.tenant_id IS NOT NULL
+)
+SELECT id, tenant_id FROM candidates
+ORDER BY (slot > $2::bigint * weight), slot::float8 / weight, md5(tenant_id || $3::text), rn
+LIMIT $1;
+
+-- name: dispatch
+UPDATE bq_jobs SET status = 'dispatched', attempt = attempt + 1,
+    lease_until = now() + make_interval(secs => $2), updated_at = now()
+WHERE id = ANY($1::uuid[]) AND status = 'queued'
+RETURNING id, attempt;
+
+-- name: undispatch
+UPDATE bq_jobs SET status = 'queued', lease_until = NULL, updated_at = now()
+WHERE id = ANY($1::uuid[]) AND status = 'dispatched';
+
+-- name: claim_attempt
+-- An attempt runs only if it is still the job's current one and nobody started it.
+WITH claimed AS (
+    UPDATE bq_jobs SET status = 'running', worker_id = $3,
+        lease_until = now() + make_interval(secs => $4),
+        started_at = coalesce(started_at, now()), updated_at = now()
+    WHERE id = $1 AND attempt = $2 AND status = 'dispatched' AND NOT cancel_requested
+    RETURNING *
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail)
+    SELECT id, attempt, 'started', jsonb_build_object('worker', worker_id) FROM claimed
+)
+SELECT c.id, c.tenant_id, c.user_id, c.batch_id, c.kind, c.spec, c.model, c.attempt, c.failures,
+       coalesce((SELECT jsonb_object_agg(s.stage, s.output) FROM bq_job_stages s
+                 WHERE s.job_id = c.id), '{}'::jsonb) AS stages
+FROM claimed c;
+
+-- name: save_stage
+-- Checkpoint: the stage's output is kept only while this attempt still owns the job.
+WITH owner AS (
+    SELECT id FROM bq_jobs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+), ins AS (
+    INSERT INTO bq_job_stages (job_id, stage, attempt, output)
+    SELECT id, $3, $2, $4 FROM owner
+    ON CONFLICT (job_id, stage) DO NOTHING
+), upd AS (
+    UPDATE bq_jobs j SET stage = $5, updated_at = now() FROM owner o WHERE j.id = o.id
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail)
+    SELECT id, $2, 'stage_done', jsonb_build_object('stage', $3::text) FROM owner
+)
+SELECT count(*)::int AS owned FROM owner;
+
+-- name: finish_attempt
+-- End of an attempt: $3 is the next state (done, failed, cancelled, scheduled for a
+-- retry, queued when released), $4 the failures it adds, $5 the retry delay.
+WITH upd AS (
+    UPDATE bq_jobs SET
+        status = $3,
+        failures = failures + $4,
+        run_at = CASE WHEN $3 = 'scheduled' THEN now() + make_interval(secs => $5) ELSE run_at END,
+        last_error = coalesce($6, last_error),
+        error_code = coalesce($7, error_code),
+        result = coalesce($8::jsonb, result),
+        stage = CASE WHEN $3 = 'done' THEN NULL ELSE stage END,
+        finished_at = CASE WHEN $3 IN ('done', 'failed', 'cancelled') THEN now() END,
+        lease_until = NULL, worker_id = NULL, updated_at = now()
+    WHERE id = $1 AND attempt = $2 AND status = 'running'
+    RETURNING id, attempt, status, run_at
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail)
+    SELECT id, attempt, $9, $10::jsonb FROM upd
+), wake AS (
+    SELECT pg_notify('blogqueue_dispatch', 'slot') FROM upd
+)
+SELECT u.id, u.status, u.run_at, (SELECT count(*) FROM wake) AS woke FROM upd u;
+
+-- name: register_worker
+INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: heartbeat
+UPDATE bq_workers SET heartbeat_at = now(), in_flight = $2, jobs_done = $3, jobs_failed = $4,
+    is_leader = $5
+WHERE id = $1;
+
+-- name: renew_leases
+-- Keeps this worker's running attempts alive and tells it which ones were asked to stop.
+UPDATE bq_jobs SET lease_until = now() + make_interval(secs => $3)
+WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::uuid[])
+RETURNING id, cancel_requested;
+
+-- name: stop_worker
+UPDATE bq_workers SET stopped_at = now(), in_flight = 0, is_leader = false WHERE id = $1;
+
+-- name: prune_workers
+DELETE FROM bq_workers
+WHERE coalesce(stopped_at, heartbeat_at) < now() - interval '1 day';
+
+-- name: try_leader_lock
+SELECT pg_try_advisory_lock(hashtext('blogqueue.dispatcher'), hashtext($1)) AS leader;

@@ -1,0 +1,51 @@
+"""Which model and which API key a job's provider calls use (DESIGN §5).
+
+Model: the job's model, then the user's preferred model, then DEFAULT_MODEL.
+Key: the user's stored key for that provider, then the platform key from
+settings, then a fatal `missing_api_key`. The offline provider needs no key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from . import providers
+from .errors import FatalError
+from .settings import Settings
+
+PLATFORM_KEYS = {
+    "openai": "openai_api_key",
+    "anthropic": "anthropic_api_key",
+    "gemini": "gemini_api_key",
+    "replicate": "replicate_api_token",
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    provider: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def full_model(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool) -> Resolved:
+    model = job.get("model") or settings.default_model
+    try:
+        providers.validate_model(model)
+    except ValueError as exc:
+        raise FatalError(f"model cannot be used: {exc}", code="invalid_model") from None
+    provider, name = providers.split_model(model)
+    if provider == "offline":
+        return Resolved(provider, name)
+    key = getattr(settings, PLATFORM_KEYS.get(provider, ""), None)
+    if not key:
+        raise FatalError(f"no API key for {provider}: add one in your AI settings or ask the operator "
+                         f"to configure the platform key", code="missing_api_key")
+    return Resolved(provider, name, key)

@@ -1,0 +1,196 @@
+"""The one settings object.
+
+Library code never reads the environment: entry points build a `Settings` with
+`Settings.from_env()` and pass it down. Every variable has the `BLOGQUEUE_`
+prefix; a bad value fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "BLOGQUEUE_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Per-minute limits of one provider (or one bucket). None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/blogqueue"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "blogqueue"
+
+    secret_key: str | None = field(default=None, repr=False)
+    default_model: str = "offline:template"
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str | None = None
+    gemini_api_key: str | None = field(default=None, repr=False)
+    gemini_base_url: str | None = None
+    replicate_api_token: str | None = field(default=None, repr=False)
+    replicate_base_url: str | None = None
+
+    worker_concurrency: int = 20
+    retry_schedule: tuple[float, ...] = (10.0, 60.0, 300.0)
+    retry_jitter: float = 0.1
+    max_inflight_per_tenant: int = 20
+    max_backlog: int = 100_000
+    max_tenant_backlog: int = 10_000
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+
+    publisher: str = "none"
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+
+    # Engine tuning: not in the public contract's list, documented in the README.
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    status_log_seconds: float = 30.0
+    dispatch_poll_seconds: float = 1.0
+    dispatch_prefetch: int = 2
+    job_timeout_seconds: float = 900.0
+    shutdown_grace_seconds: int = 10
+    db_pool_size: int = 10
+    offline_latency_ms: float = 0.0
+    offline_call_log: str | None = None
+    max_batch_size: int = 10_000
+    log_level: str = "INFO"
+    log_format: str = "console"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, f.name, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("WORKER_CONCURRENCY", self.worker_concurrency >= 1, "must be at least 1"),
+            ("MAX_INFLIGHT_PER_TENANT", self.max_inflight_per_tenant >= 1, "must be at least 1"),
+            ("MAX_BACKLOG", self.max_backlog >= 1, "must be at least 1"),
+            ("MAX_TENANT_BACKLOG", self.max_tenant_backlog >= 1, "must be at least 1"),
+            ("LEASE_SECONDS", self.lease_seconds > 0, "must be positive"),
+            ("HEARTBEAT_SECONDS", 0 < self.heartbeat_seconds < self.lease_seconds,
+             "must be positive and shorter than BLOGQUEUE_LEASE_SECONDS"),
+            ("RETRY_JITTER", 0 <= self.retry_jitter < 1, "must be in [0, 1)"),
+            ("DISPATCH_PREFETCH", self.dispatch_prefetch >= 0, "must not be negative"),
+            ("DB_POOL_SIZE", self.db_pool_size >= 2, "must be at least 2"),
+            ("PUBLISHER", self.publisher in ("none", "webhook", "wix"),
+             "must be one of none, webhook, wix"),
+            ("QUEUE_NAME", bool(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.queue_name)),
+             "must be 1-64 characters of letters, digits, _ . : -"),
+            ("DEFAULT_MODEL", ":" in self.default_model, "must look like provider:model"),
+            ("LOG_FORMAT", self.log_format in ("console", "json"), "must be console or json"),
+            ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+             "must be DEBUG, INFO, WARNING or ERROR"),
+        ]
+        for var, ok, why in checks:
+            if not ok:
+                raise SettingsError(f"{PREFIX}{var} {why}")
+        if not self.database_url.startswith(("postgres://", "postgresql://")):
+            raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that `from_env` reads back into these settings (for child processes)."""
+        env: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "retry_schedule":
+                value = ",".join(format(v, "g") for v in value)
+            elif f.name == "rate_limits":
+                value = ";".join(f"{p}:" + ",".join(f"{k}={getattr(lim, k)}" for k in ("rpm", "tpm")
+                                                    if getattr(lim, k) is not None)
+                                 for p, lim in value.items())
+            env[PREFIX + f.name.upper()] = str(value)
+        return env
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_schedule) + 1
+
+    def rate_limit(self, provider: str) -> RateLimit:
+        return self.rate_limits.get(provider, RateLimit())
+
+
+_INT_FIELDS = {
+    "worker_concurrency", "max_inflight_per_tenant", "max_backlog", "max_tenant_backlog",
+    "dispatch_prefetch", "shutdown_grace_seconds", "db_pool_size", "max_batch_size",
+}
+_FLOAT_FIELDS = {
+    "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
+    "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms",
+}
+
+
+def _parse(var: str, name: str, raw: str) -> Any:
+    try:
+        if name in _INT_FIELDS:
+            return int(raw)
+        if name in _FLOAT_FIELDS:
+            return float(raw)
+        if name == "retry_schedule":
+            return parse_retry_schedule(raw)
+        if name == "rate_limits":
+            return parse_rate_limits(raw)
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"{var}: {exc}") from None
+    return raw
+
+
+def parse_retry_schedule(raw: str) -> tuple[float, ...]:
+    """`10,60,300` → (10.0, 60.0, 300.0); an empty schedule means one attempt."""
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    delays = tuple(float(p) for p in parts)
+    if any(d < 0 for d in delays):
+        raise ValueError(f"delays must not be negative, got {raw!r}")
+    return delays
+
+
+def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
+    """`openai:rpm=500,tpm=200000;replicate:rpm=600` → {provider: RateLimit}."""
+    limits: dict[str, RateLimit] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(";"))):
+        provider, sep, spec = entry.partition(":")
+        if not sep or not provider.strip():
+            raise ValueError(f"expected provider:rpm=N,tpm=N, got {entry!r}")
+        values: dict[str, int] = {}
+        for item in filter(None, (i.strip() for i in spec.split(","))):
+            key, eq, num = item.partition("=")
+            if not eq or key.strip() not in ("rpm", "tpm"):
+                raise ValueError(f"expected rpm=N or tpm=N, got {item!r}")
+            n = int(num)
+            if n <= 0:
+                raise ValueError(f"{key.strip()} must be positive, got {n}")
+            values[key.strip()] = n
+        limits[provider.strip()] = RateLimit(**values)
+    return limits

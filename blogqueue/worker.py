@@ -1,0 +1,271 @@
+"""The arq worker: claims attempts, runs pipelines, heartbeats, hosts a dispatcher.
+
+Run it with `blogqueue worker` or `arq blogqueue.worker.WorkerSettings`.
+
+arq settings chosen on purpose (DESIGN §9):
+- `max_jobs` = WORKER_CONCURRENCY; the dispatcher never puts more in arq's
+  queue than the live workers' concurrency plus a small prefetch.
+- `poll_delay` 0.05 s: arq's default 0.5 s would add up to half a second to
+  every hand-off and cap a worker near 20 short jobs/s.
+- `max_tries` 1, `retry_jobs` False, `keep_result` 0: retries, results and
+  lapsed work are PostgreSQL's business. A late arq re-run of an attempt
+  finds it no longer `dispatched` and does nothing.
+- `job_completion_wait` = SHUTDOWN_GRACE_SECONDS: SIGTERM lets running work
+  finish that long; what is still running then is released to the queue
+  without using up an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import secrets
+import socket
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from arq.worker import func
+
+from . import db
+from .db import Q
+from .dispatcher import TASK_NAME, Dispatcher
+from .errors import FatalError, JobError, RateLimited
+from .pipeline import Run, StaleAttempt, StopRequested, run_pipeline
+from .settings import Settings
+
+log = logging.getLogger("blogqueue.worker")
+
+_SECRETISH = re.compile(r"\b(sk|pk|rk|key|tok|token|r8)[-_][A-Za-z0-9_\-]{8,}\b", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Masks anything shaped like an API key in an error text before it is stored."""
+    return _SECRETISH.sub(lambda m: m.group(0)[:3] + "…", text)
+
+
+class WorkerRuntime:
+    """Everything one worker process holds: the pool, its running attempts, counters."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.running: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self.stop_requested: set[str] = set()
+        self.done = 0
+        self.failed = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listen_conn: asyncpg.Connection | None = None
+        self._status_mark = (time.monotonic(), 0, 0)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.pool.execute(Q["register_worker"], self.worker_id, s.queue_name, socket.gethostname(),
+                                os.getpid(), s.worker_concurrency, s.dispatch_prefetch)
+        await self._listen()
+        self._tasks = [asyncio.create_task(self._heartbeats(), name="blogqueue-heartbeat"),
+                       asyncio.create_task(self.dispatcher.run(), name="blogqueue-dispatcher")]
+        log.info("worker %s started: concurrency %d, queue %s", self.worker_id, s.worker_concurrency,
+                 s.queue_name)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.dispatcher.close()
+        if self._listen_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._listen_conn.close(timeout=2)
+        with contextlib.suppress(Exception):
+            await self.pool.execute(Q["stop_worker"], self.worker_id)
+        log.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done, self.failed)
+
+    async def _listen(self) -> None:
+        """Stop requests arrive by NOTIFY; heartbeats catch any that were missed."""
+        if self._listen_conn is not None and not self._listen_conn.is_closed():
+            return
+        self._listen_conn = await db.connect(self.settings)
+        await self._listen_conn.add_listener(
+            "blogqueue_cancel", lambda *_: asyncio.ensure_future(self._renew_and_check()))
+
+    async def _heartbeats(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.heartbeat_seconds)
+            try:
+                await self._renew_and_check()
+                await self.pool.execute(Q["heartbeat"], self.worker_id, len(self.running), self.done,
+                                        self.failed, self.dispatcher.is_leader)
+                await self._listen()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            self._status_line()
+
+    def _status_line(self) -> None:
+        """The operators' heartbeat line: in flight, done, failed, rate since the last one."""
+        now = time.monotonic()
+        last, done, failed = self._status_mark
+        if now - last < self.settings.status_log_seconds:
+            return
+        rate = (self.done + self.failed - done - failed) / (now - last)
+        log.info("heartbeat: %d in flight, %d done, %d failed, %.1f jobs/s%s", len(self.running),
+                 self.done, self.failed, rate, " (dispatcher leader)" if self.dispatcher.is_leader else "")
+        self._status_mark = (now, self.done, self.failed)
+
+    async def _renew_and_check(self) -> None:
+        ids = [uuid.UUID(j) for j in self.running]
+        if not ids:
+            return
+        rows = await self.pool.fetch(Q["renew_leases"], self.worker_id, ids, self.settings.lease_seconds)
+        for r in rows:
+            if r["cancel_requested"]:
+                self.request_stop(str(r["id"]))
+
+    def request_stop(self, job_id: str) -> None:
+        """Aborts the attempt's in-flight call now; its stage outputs so far stay saved."""
+        self.stop_requested.add(job_id)
+        task = self.running.get(job_id)
+        if task is not None and not task.done():
+            task.cancel()
+
+    # -- one attempt -----------------------------------------------------------
+
+    async def run_attempt(self, job_id: str, attempt: int) -> str:
+        s = self.settings
+        row = await self.pool.fetchrow(Q["claim_attempt"], uuid.UUID(job_id), attempt, self.worker_id,
+                                       s.lease_seconds)
+        if row is None:
+            return "stale"  # lapsed, duplicate, stopped or already run: invariant 2
+        job = dict(row)
+        run = Run(job=job, settings=s, pool=self.pool, outputs=dict(job.pop("stages")))
+        task = asyncio.create_task(run_pipeline(run, lambda: job_id in self.stop_requested))
+        self.running[job_id] = task
+        try:
+            result = await task
+        except (asyncio.CancelledError, StopRequested):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The worker is shutting down: give the attempt back, unpaid.
+                await asyncio.shield(self._finish(job, "queued", event="released"))
+                raise
+            return await self._finish(job, "cancelled", error="stopped by request", code="cancelled",
+                                      event="cancelled", detail={"stage": run.stage})
+        except StaleAttempt:
+            return "stale"
+        except Exception as exc:
+            return await self._failed(job, run.stage, exc)
+        finally:
+            self.running.pop(job_id, None)
+            self.stop_requested.discard(job_id)
+        return await self._finish(job, "done", result=result, event="done")
+
+    async def _failed(self, job: dict[str, Any], stage: str, exc: Exception) -> str:
+        s = self.settings
+        if isinstance(exc, RateLimited):
+            return await self._finish(job, "scheduled", delay=exc.retry_after, error=exc.message,
+                                      code=exc.code, event="rate_limited",
+                                      detail={"stage": stage, "retry_after_s": exc.retry_after})
+        if isinstance(exc, JobError):
+            message, code = exc.message, exc.code
+        else:
+            log.exception("job %s: unexpected error in stage %s", job["id"], stage)
+            message, code = f"internal error in stage {stage}: {type(exc).__name__}: {exc}", "internal_error"
+        message = redact(message)[:1000]
+        failures = job["failures"] + 1
+        if isinstance(exc, FatalError) or failures >= s.max_attempts:
+            return await self._finish(job, "failed", failures=1, error=message, code=code, event="failed",
+                                      detail={"stage": stage, "error": message})
+        base = s.retry_schedule[failures - 1]
+        delay = base * (1 + random.uniform(-s.retry_jitter, s.retry_jitter))
+        return await self._finish(job, "scheduled", failures=1, delay=delay, error=message, code=code,
+                                  event="retry_scheduled",
+                                  detail={"stage": stage, "error": message, "delay_s": round(delay, 3)})
+
+    async def _finish(self, job: dict[str, Any], status: str, *, failures: int = 0, delay: float = 0.0,
+                      error: str | None = None, code: str | None = None, result: dict[str, Any] | None = None,
+                      event: str, detail: dict[str, Any] | None = None) -> str:
+        row = await self.pool.fetchrow(Q["finish_attempt"], job["id"], job["attempt"], status, failures, delay,
+                                       error, code, result, event, detail)
+        if row is None:
+            return "stale"
+        if status == "done":
+            self.done += 1
+        elif status == "failed":
+            self.failed += 1
+        return status
+
+
+# -- arq glue --------------------------------------------------------------------
+
+async def run_attempt(ctx: dict[str, Any], job_id: str, attempt: int) -> str:
+    runtime: WorkerRuntime = ctx["blogqueue"]
+    return await runtime.run_attempt(job_id, attempt)
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    if ctx.get("configure_logging"):
+        from .logconfig import configure
+
+        configure(settings)
+    pool = await db.create_pool(settings, max_size=max(settings.db_pool_size, settings.worker_concurrency // 2 + 4))
+    runtime = WorkerRuntime(settings, pool, Dispatcher(settings, pool, ctx["redis"]))
+    ctx["blogqueue"] = runtime
+    await runtime.start()
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    runtime: WorkerRuntime | None = ctx.get("blogqueue")
+    if runtime is not None:
+        await runtime.stop()
+        await runtime.pool.close()
+
+
+def worker_settings(settings: Settings, **ctx: Any) -> dict[str, Any]:
+    """The keyword arguments of arq's Worker for these settings."""
+    from arq.connections import RedisSettings
+
+    return {
+        "functions": [func(run_attempt, name=TASK_NAME, max_tries=1, keep_result=0,
+                           timeout=settings.job_timeout_seconds)],
+        "queue_name": settings.queue_name,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": _startup,
+        "on_shutdown": _shutdown,
+        "max_jobs": settings.worker_concurrency,
+        "job_timeout": settings.job_timeout_seconds,
+        "poll_delay": 0.05,
+        "max_tries": 1,
+        "retry_jobs": False,
+        "keep_result": 0,
+        "job_completion_wait": settings.shutdown_grace_seconds,
+        "health_check_interval": 60,
+        "log_results": False,
+        "ctx": {"settings": settings, **ctx},
+    }
+
+
+def run(settings: Settings) -> None:
+    """Runs a worker in the foreground until SIGINT or SIGTERM."""
+    from arq.worker import run_worker
+
+    run_worker(worker_settings(settings))  # type: ignore[arg-type]
+
+
+def __getattr__(name: str) -> Any:
+    # `arq blogqueue.worker.WorkerSettings` reads this: settings come from the
+    # environment only when arq asks, never at import.
+    if name == "WorkerSettings":
+        return worker_settings(Settings.from_env(), configure_logging=True)
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""The HTTP service: a thin Starlette layer over blogqueue.Client."""

