@@ -1,0 +1,117 @@
+"""Fairness between tenants (invariant 6), with real worker processes and in SQL."""
+
+import asyncio
+import uuid
+
+from blogqueue.db import Q
+
+from .conftest import keyword_jobs, wait_until
+
+CAP = 4
+
+
+async def test_small_tenants_are_not_starved_by_a_big_one(client, workers, pool, settings):
+    workers(2, max_inflight_per_tenant=CAP, dispatch_prefetch=1, offline_latency_ms=30.0)
+    await client.enqueue("big", keyword_jobs(2000, image=False))
+
+    async def big_saturates():
+        return await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status = 'running'") >= 8
+    await wait_until(big_saturates, what="big tenant to fill every slot")
+
+    small = [f"small-{i}" for i in range(10)]
+    for t in small:
+        await client.enqueue(t, keyword_jobs(10, image=False))
+
+    async def small_done():
+        n = await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE tenant_id LIKE 'small-%' AND status = 'done'")
+        return n == 100
+    await wait_until(small_done, timeout=60, what="small tenants to finish")
+    big_done = await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE tenant_id = 'big' AND status = 'done'")
+    await client.stop_tenant("big")
+
+    rows = await pool.fetch("SELECT tenant_id, min(created_at) AS enqueued, min(started_at) AS first_start "
+                            "FROM bq_jobs WHERE tenant_id LIKE 'small-%' GROUP BY tenant_id")
+    for r in rows:
+        # The big tenant's starts after this small tenant arrived: its first job must beat the CAP-th.
+        big_starts = await pool.fetch(
+            "SELECT started_at FROM bq_jobs WHERE tenant_id = 'big' AND started_at > $1 "
+            "ORDER BY started_at LIMIT $2", r["enqueued"], CAP)
+        if len(big_starts) == CAP:
+            assert r["first_start"] < big_starts[-1]["started_at"], r["tenant_id"]
+        assert (r["first_start"] - r["enqueued"]).total_seconds() < 2.0, r["tenant_id"]
+    # "Long before": when the last small job finished, most of the big backlog was still waiting.
+    assert big_done < 1000, big_done
+
+
+async def test_a_tenant_alone_uses_the_whole_capacity(client, workers, pool):
+    workers(2, max_inflight_per_tenant=CAP, offline_latency_ms=400.0)
+    await client.enqueue("alone", keyword_jobs(60, image=False))
+
+    async def running_count():
+        n = await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status = 'running'")
+        return n if n == 8 else None
+    assert await wait_until(running_count, timeout=20, what="8 running jobs (2 workers x 4)") == 8
+    await client.stop_tenant("alone")
+
+
+async def _pick(pool, settings, capacity, cap=CAP):
+    rows = await pool.fetch(Q["fair_candidates"], capacity, cap, "salt")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["tenant_id"]] = counts.get(r["tenant_id"], 0) + 1
+    return rows, counts
+
+
+async def test_candidates_water_fill_below_the_cap_first(client, pool, settings):
+    await client.enqueue("a", keyword_jobs(30))
+    await client.enqueue("b", keyword_jobs(30))
+    await client.enqueue("c", keyword_jobs(3))
+    # Tenant a already has 6 in flight.
+    await pool.execute("UPDATE bq_jobs SET status = 'running' WHERE id IN "
+                       "(SELECT id FROM bq_jobs WHERE tenant_id = 'a' LIMIT 6)")
+    _, counts = await _pick(pool, settings, 6)
+    assert counts == {"b": 4, "c": 2} or counts == {"b": 3, "c": 3}
+    _, counts = await _pick(pool, settings, 30)
+    # Everyone under the cap first, then water-filling above it; every slot is used.
+    assert sum(counts.values()) == 30 and counts["c"] == 3
+    assert counts["b"] > counts["a"]
+
+
+async def test_weights_and_priority(client, pool, settings):
+    await client.enqueue("heavy", keyword_jobs(40))
+    await client.enqueue("light", keyword_jobs(40))
+    await pool.execute("INSERT INTO bq_tenants (tenant_id, weight) VALUES ('heavy', 3)")
+    _, counts = await _pick(pool, settings, 20, cap=100)
+    assert counts == {"heavy": 15, "light": 5}
+
+    await pool.execute("TRUNCATE bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_tenants CASCADE")
+    await client.enqueue("t", keyword_jobs(5))
+    urgent = await client.enqueue("t", {"source": {"type": "keyword", "keyword": "urgent"}, "priority": 10})
+    rows, _ = await _pick(pool, settings, 1)
+    assert str(rows[0]["id"]) == urgent["jobs"][0]["id"]
+
+
+async def test_two_dispatchers_never_dispatch_an_attempt_twice(client, pool, settings):
+    """Even two leaders at once (no advisory lock) cannot hand out one attempt twice."""
+    from arq.connections import RedisSettings, create_pool
+
+    from blogqueue.dispatcher import Dispatcher
+
+    await pool.execute(Q["register_worker"], "fake", settings.queue_name, "h", 1, 400, 0)
+    await client.enqueue("a", keyword_jobs(300))
+    await client.enqueue("b", keyword_jobs(100))
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    try:
+        one, two = Dispatcher(settings, pool, redis), Dispatcher(settings, pool, redis)
+        for _ in range(10):
+            await asyncio.gather(one.cycle(), two.cycle())
+        queued = await redis.zrange(settings.queue_name, 0, -1)
+    finally:
+        await redis.delete(settings.queue_name)
+        await redis.aclose()
+    ids = [q.decode().split(":")[0] for q in queued]
+    assert len(ids) == len(set(ids)) == 400
+    assert {q.decode().split(":")[1] for q in queued} == {"1"}
+    assert one.dispatched + two.dispatched == 400
+    assert await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status = 'dispatched' AND attempt = 1") == 400
+    assert all(uuid.UUID(i) for i in ids)
