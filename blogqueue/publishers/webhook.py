@@ -40,8 +40,8 @@ async def _deliver(job: dict[str, Any], payload: dict[str, Any], settings: Setti
                       separators=(",", ":"), sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "Idempotency-Key": job_id,
                SIGNATURE_HEADER: sign(body, settings.webhook_secret)}
-    async with remote.client(settings, settings.webhook_url) as http:
-        resp = await remote.send(http, SERVICE, "POST", "", content=body, headers=headers)
+    async with remote.client(settings, "") as http:
+        resp = await remote.send(http, SERVICE, "POST", settings.webhook_url, content=body, headers=headers)
     remote.check(resp, SERVICE)
     return {"publisher": "webhook", "status": resp.status_code, "idempotency_key": job_id}
 
