@@ -1,4 +1,4 @@
-"""The `blogqueue` command: migrate, worker, serve, token, enqueue, status."""
+"""The `blogqueue` command: migrate, worker, serve, token, enqueue, status, credits."""
 
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     enqueue.add_argument("file")
     status = sub.add_parser("status", help="print one job as JSON")
     status.add_argument("job_id")
+    creds = sub.add_parser("credits", help="grant credits or show a tenant's balance")
+    creds_sub = creds.add_subparsers(dest="credits_command", required=True)
+    grant = creds_sub.add_parser("grant", help="add credits to a tenant")
+    grant.add_argument("--tenant", required=True)
+    grant.add_argument("--amount", type=int, required=True)
+    grant.add_argument("--note")
+    bal = creds_sub.add_parser("balance", help="print a tenant's balance as JSON")
+    bal.add_argument("--tenant", required=True)
     args = parser.parse_args(argv)
 
     try:
@@ -52,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_service(settings, host=args.host, port=args.port)
         return 0
-    if args.command in ("enqueue", "status"):
+    if args.command in ("enqueue", "status", "credits"):
         if args.command == "enqueue":
             args.body = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         return asyncio.run(_client_command(settings, args))
@@ -69,6 +77,10 @@ async def _client_command(settings: Settings, args: argparse.Namespace) -> int:
                 body = json.loads(args.body)
                 jobs = body["jobs"] if isinstance(body, dict) and "jobs" in body else body
                 out = await client.enqueue(args.tenant, jobs)
+            elif args.command == "credits" and args.credits_command == "grant":
+                out = await client.grant_credits(args.tenant, args.amount, args.note)
+            elif args.command == "credits":
+                out = await client.credit_balance(args.tenant)
             else:
                 out = await client.get_job(args.job_id)
         except BlogqueueError as exc:

@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from . import db
+from . import credits, db
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
 from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job
@@ -80,6 +80,8 @@ class Client:
             rate = await self._throughput(conn)
             self._check_backlog(counts, len(new), rate)
             batch_id = await self._insert(conn, tenant_id, user_id, specs, ids, new)
+            # After the insert (the ledger references the jobs); refusing rolls the insert back.
+            await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in sorted(new)])
             rows = await conn.fetch(
                 "SELECT id, bq_public_status(status, failures) AS status FROM bq_jobs WHERE id = ANY($1::uuid[])",
                 list(set(ids)))
@@ -202,6 +204,18 @@ class Client:
                 "counts": {s: counts.get(s, 0) for s in PUBLIC_STATUSES},
                 "finished": sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
                 == batch["job_count"]}
+
+    # -- credits ---------------------------------------------------------------
+
+    async def credit_balance(self, tenant_id: str) -> dict[str, Any]:
+        """`balance` (spendable), `reserved` (held by unfinished jobs), `granted`, `charged`."""
+        _check_tenant(tenant_id)
+        return await credits.balance(self.pool, tenant_id)
+
+    async def grant_credits(self, tenant_id: str, amount: int, note: str | None = None) -> dict[str, Any]:
+        _check_tenant(tenant_id)
+        await credits.grant(self.pool, tenant_id, amount, note)
+        return await credits.balance(self.pool, tenant_id)
 
     # -- stop ------------------------------------------------------------------
 

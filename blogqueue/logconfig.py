@@ -31,3 +31,7 @@ def configure(settings: Settings) -> None:
     # arq logs two lines per job; at hundreds of jobs/s the heartbeat line says more.
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    # httpx logs every request line with its full URL, and a TMDb v3 key travels
+    # as the api_key query parameter: those lines must never be written.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

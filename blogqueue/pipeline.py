@@ -76,7 +76,7 @@ def _usage(result: TextResult) -> dict[str, Any]:
 # -- blog_post -----------------------------------------------------------------
 
 async def source_stage(run: Run) -> dict[str, Any]:
-    return await sources.fetch(run.spec["source"], run.settings)
+    return await sources.fetch(run.spec["source"], run.settings, run.job["tenant_id"])
 
 
 async def content_stage(run: Run) -> dict[str, Any]:
@@ -84,7 +84,7 @@ async def content_stage(run: Run) -> dict[str, Any]:
     result = await run.text(system, prompt)
     title, _, body = result.text.strip().partition("\n")
     title = title.lstrip("# ").strip() or run.outputs["source"]["topic"]
-    return {"title": title, "body": body.strip(), "usage": _usage(result)}
+    return {"title": title, "body": body.strip(), "usage": _usage(result), "prompt_version": prompts.VERSION}
 
 
 async def image_stage(run: Run) -> dict[str, Any]:
@@ -98,20 +98,20 @@ async def publish_stage(run: Run) -> dict[str, Any]:
         return {"skipped": True}
     post = {"title": run.outputs["content"]["title"], "body": run.outputs["content"]["body"],
             "image_url": run.outputs["image"].get("url")}
-    return await publishers.get(run.settings.publisher).publish(run.job, post, run.settings)
+    return await publishers.get(run.settings.publisher).publish(run.job, post, run.outputs["source"], run.settings)
 
 
 def blog_result(run: Run) -> dict[str, Any]:
     content = run.outputs["content"]
     return {"title": content["title"], "body": content["body"],
             "image_url": run.outputs["image"].get("url"), "publish": run.outputs["publish"],
-            "usage": content["usage"], "prompt_version": prompts.VERSION}
+            "usage": content["usage"], "prompt_version": content.get("prompt_version", prompts.VERSION)}
 
 
 # -- product_optimization ------------------------------------------------------
 
 async def product_stage(run: Run) -> dict[str, Any]:
-    return await sources.fetch(run.spec["source"], run.settings)
+    return await sources.fetch(run.spec["source"], run.settings, run.job["tenant_id"])
 
 
 async def rewrite_stage(run: Run) -> dict[str, Any]:
@@ -125,21 +125,22 @@ async def rewrite_stage(run: Run) -> dict[str, Any]:
     keys = ("title", "description", "seo_title", "seo_description")
     if not isinstance(fields, dict) or not all(isinstance(fields.get(k), str) for k in keys):
         raise FatalError("the model's rewrite lacks title, description or SEO fields", code="bad_model_output")
-    return {**{k: fields[k] for k in keys}, "usage": _usage(result)}
+    return {**{k: fields[k] for k in keys}, "usage": _usage(result), "prompt_version": prompts.VERSION}
 
 
 async def write_back_stage(run: Run) -> dict[str, Any]:
     if not run.spec.get("publish", True):
         return {"skipped": True}
-    rewrite = {k: v for k, v in run.outputs["rewrite"].items() if k != "usage"}
-    return await publishers.get(run.settings.publisher).write_back(run.job, rewrite, run.settings)
+    rewrite = {k: v for k, v in run.outputs["rewrite"].items() if k not in ("usage", "prompt_version")}
+    return await publishers.get(run.settings.publisher).write_back(run.job, rewrite, run.outputs["product"],
+                                                                   run.settings)
 
 
 def product_result(run: Run) -> dict[str, Any]:
     rewrite = run.outputs["rewrite"]
-    return {**{k: v for k, v in rewrite.items() if k != "usage"}, "original": run.outputs["product"]["product"],
-            "write_back": run.outputs["write_back"], "usage": rewrite["usage"],
-            "prompt_version": prompts.VERSION}
+    return {**{k: v for k, v in rewrite.items() if k not in ("usage", "prompt_version")},
+            "original": run.outputs["product"]["product"], "write_back": run.outputs["write_back"],
+            "usage": rewrite["usage"], "prompt_version": rewrite.get("prompt_version", prompts.VERSION)}
 
 
 def _strip_fence(text: str) -> str:

@@ -294,3 +294,61 @@ WHERE coalesce(stopped_at, heartbeat_at) < now() - interval '1 day';
 
 -- name: try_leader_lock
 SELECT pg_try_advisory_lock(hashtext('blogqueue.dispatcher'), hashtext($1)) AS leader;
+
+-- Credits (sql/004_credits.sql): grants, reservations at enqueue, the balance, the invariant.
+
+-- name: credit_balance
+SELECT bq_credit_balance($1) AS balance;
+
+-- name: credit_grant
+INSERT INTO bq_credit_ledger (tenant_id, movement, amount, note) VALUES ($1, 'grant', $2, $3)
+RETURNING id;
+
+-- name: credit_reserve
+-- One reservation per new job, in the enqueue's transaction; a replayed job is never reserved twice.
+INSERT INTO bq_credit_ledger (tenant_id, job_id, movement, amount)
+SELECT $1, r.job_id, 'reserve', r.amount
+FROM unnest($2::uuid[], $3::bigint[]) AS r(job_id, amount)
+ON CONFLICT DO NOTHING;
+
+-- name: credit_summary
+SELECT movement, count(*)::bigint AS n, coalesce(sum(amount), 0)::bigint AS amount
+FROM bq_credit_ledger WHERE tenant_id = $1 GROUP BY movement;
+
+-- name: credit_violations
+-- Every way the ledger can be wrong; an empty answer means it is consistent.
+WITH t AS (
+    SELECT tenant_id,
+           sum(amount) FILTER (WHERE movement = 'grant') AS grants,
+           sum(amount) FILTER (WHERE movement = 'charge') AS charges,
+           bq_credit_balance(tenant_id) AS balance
+    FROM bq_credit_ledger GROUP BY tenant_id
+), open AS (
+    SELECT r.tenant_id, sum(r.amount) AS amount FROM bq_credit_ledger r
+    WHERE r.movement = 'reserve' AND NOT EXISTS (
+        SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = r.job_id AND s.movement IN ('charge', 'release'))
+    GROUP BY r.tenant_id
+)
+SELECT 'balance is not grants - charges - open reservations' AS problem, t.tenant_id, NULL::uuid AS job_id
+FROM t LEFT JOIN open o ON o.tenant_id = t.tenant_id
+WHERE t.balance <> coalesce(t.grants, 0) - coalesce(t.charges, 0) - coalesce(o.amount, 0)
+UNION ALL
+SELECT 'negative balance', tenant_id, NULL FROM t WHERE balance < 0
+UNION ALL
+SELECT 'settled without a reservation, or for another amount', s.tenant_id, s.job_id
+FROM bq_credit_ledger s
+WHERE s.movement IN ('charge', 'release') AND NOT EXISTS (
+    SELECT 1 FROM bq_credit_ledger r
+    WHERE r.job_id = s.job_id AND r.movement = 'reserve' AND r.amount = s.amount AND r.tenant_id = s.tenant_id)
+UNION ALL
+SELECT 'both charged and released', tenant_id, job_id FROM bq_credit_ledger
+WHERE movement IN ('charge', 'release') GROUP BY tenant_id, job_id HAVING count(*) > 1
+UNION ALL
+SELECT 'reservation left open for a finished job', j.tenant_id, j.id
+FROM bq_jobs j JOIN bq_credit_ledger r ON r.job_id = j.id AND r.movement = 'reserve'
+WHERE j.status IN ('done', 'failed', 'cancelled') AND NOT EXISTS (
+    SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = j.id AND s.movement IN ('charge', 'release'))
+UNION ALL
+SELECT 'charged but not done, or done but released', j.tenant_id, j.id
+FROM bq_jobs j JOIN bq_credit_ledger s ON s.job_id = j.id
+WHERE (s.movement = 'charge' AND j.status <> 'done') OR (s.movement = 'release' AND j.status = 'done');

@@ -17,6 +17,9 @@ from typing import Any
 PREFIX = "BLOGQUEUE_"
 
 
+DEFAULT_CREDIT_COSTS = {"blog_post": 25, "product_optimization": 5}
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -73,6 +76,15 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "console"
 
+    # Sources, publishers and credits (docs/sources-publishers-credits.md).
+    wix_base_url: str = "https://www.wixapis.com"
+    wix_api_token: str | None = field(default=None, repr=False)
+    tmdb_base_url: str = "https://api.themoviedb.org"
+    tmdb_api_key: str | None = field(default=None, repr=False)
+    http_timeout_seconds: float = 30.0
+    credits_enabled: bool = False
+    credit_costs: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_CREDIT_COSTS))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
@@ -107,6 +119,11 @@ class Settings:
             ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "must be DEBUG, INFO, WARNING or ERROR"),
         ]
+        checks += [
+            ("HTTP_TIMEOUT_SECONDS", self.http_timeout_seconds > 0, "must be positive"),
+            ("CREDIT_COSTS", all(isinstance(v, int) and v >= 0 for v in self.credit_costs.values()),
+             "costs must be integers of at least 0"),
+        ]
         for var, ok, why in checks:
             if not ok:
                 raise SettingsError(f"{PREFIX}{var} {why}")
@@ -128,6 +145,10 @@ class Settings:
                 value = ";".join(f"{p}:" + ",".join(f"{k}={getattr(lim, k)}" for k in ("rpm", "tpm")
                                                     if getattr(lim, k) is not None)
                                  for p, lim in value.items())
+            elif f.name == "credit_costs":
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            elif f.name == "credits_enabled":
+                value = "true" if value else "false"
             env[PREFIX + f.name.upper()] = str(value)
         return env
 
@@ -148,7 +169,7 @@ _INT_FIELDS = {
 }
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
-    "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms",
+    "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
 }
 
 
@@ -162,6 +183,10 @@ def _parse(var: str, name: str, raw: str) -> Any:
             return parse_retry_schedule(raw)
         if name == "rate_limits":
             return parse_rate_limits(raw)
+        if name == "credit_costs":
+            return parse_credit_costs(raw)
+        if name == "credits_enabled":
+            return parse_bool(raw)
     except (ValueError, TypeError) as exc:
         raise SettingsError(f"{var}: {exc}") from None
     return raw
@@ -194,3 +219,26 @@ def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
             values[key.strip()] = n
         limits[provider.strip()] = RateLimit(**values)
     return limits
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def parse_credit_costs(raw: str) -> dict[str, int]:
+    """`blog_post=25,product_optimization=5`; kinds not named keep their default cost."""
+    costs = dict(DEFAULT_CREDIT_COSTS)
+    for item in filter(None, (i.strip() for i in raw.split(","))):
+        kind, eq, num = item.partition("=")
+        if not eq or kind.strip() not in DEFAULT_CREDIT_COSTS:
+            raise ValueError(f"expected kind=N with kind one of {', '.join(DEFAULT_CREDIT_COSTS)}, got {item!r}")
+        n = int(num)
+        if n < 0:
+            raise ValueError(f"cost must not be negative, got {n}")
+        costs[kind.strip()] = n
+    return costs

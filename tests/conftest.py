@@ -24,13 +24,13 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from blogqueue import db
+from blogqueue import credits, db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 from blogqueue.testing.processes import BLOGQUEUE_WORKER, WorkerProcess
 
 BASE = Settings.from_env()
-TABLES = "bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_tenants"
+TABLES = "bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_tenants, bq_credit_ledger"
 
 
 def _with_db(url: str, name: str) -> str:
@@ -109,16 +109,22 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def settings(database_url: str, redis_url: str, pool: asyncpg.Pool, tmp_path: Path) -> Settings:
-    """Settings for one test: clean tables, a queue of its own, fast leases and retries."""
+async def settings(database_url: str, redis_url: str, pool: asyncpg.Pool,
+                   tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for one test: clean tables, a queue of its own, fast leases and retries.
+
+    After the test (its workers are killed first), the credit ledger must be
+    consistent: see blogqueue.credits and the `credit_violations` query.
+    """
     await pool.execute(f"TRUNCATE {TABLES} CASCADE")
-    return BASE.replace(
+    yield BASE.replace(
         database_url=database_url, redis_url=redis_url, queue_name=f"test-{uuid.uuid4().hex[:8]}",
         worker_concurrency=4, heartbeat_seconds=0.5, lease_seconds=4.0, dispatch_poll_seconds=0.2,
         retry_schedule=(0.3, 0.3, 0.3), status_log_seconds=2.0, shutdown_grace_seconds=2,
         offline_latency_ms=0.0, offline_call_log=str(tmp_path / "calls.jsonl"), db_pool_size=5,
         max_backlog=100_000, max_tenant_backlog=10_000, max_inflight_per_tenant=20,
     )
+    assert await credits.violations(pool) == [], "the credit ledger is inconsistent"
 
 
 @pytest_asyncio.fixture(loop_scope="session")

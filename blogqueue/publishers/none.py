@@ -7,9 +7,11 @@ from typing import Any
 from ..settings import Settings
 
 
-async def publish(job: dict[str, Any], post: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def publish(job: dict[str, Any], post: dict[str, Any], source: dict[str, Any],
+                  settings: Settings) -> dict[str, Any]:
     return {"publisher": "none", "kept": True}
 
 
-async def write_back(job: dict[str, Any], rewrite: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def write_back(job: dict[str, Any], rewrite: dict[str, Any], product: dict[str, Any],
+                     settings: Settings) -> dict[str, Any]:
     return {"publisher": "none", "kept": True}

@@ -1,7 +1,7 @@
 """Sources: where a job's subject comes from. One module per source type.
 
 Each module has `validate(source) -> dict` (raises ValueError with a message for
-users, at enqueue) and `async fetch(source, settings) -> dict` (the source
+users, at enqueue) and `async fetch(source, settings, tenant_id) -> dict` (the source
 stage's output, at run time; raises blogqueue.errors.JobError subclasses).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..settings import Settings
-from . import keyword, product
+from . import keyword, product, tmdb
 
 
 class Source(Protocol):
@@ -18,10 +18,10 @@ class Source(Protocol):
 
     def validate(self, source: dict[str, Any]) -> dict[str, Any]: ...
 
-    async def fetch(self, source: dict[str, Any], settings: Settings) -> dict[str, Any]: ...
+    async def fetch(self, source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]: ...
 
 
-REGISTRY: dict[str, Source] = {"keyword": keyword, "product": product}  # type: ignore[dict-item]
+REGISTRY: dict[str, Source] = {"keyword": keyword, "product": product, "tmdb": tmdb}  # type: ignore[dict-item]
 
 
 def validate(kind: str, source: dict[str, Any]) -> dict[str, Any]:
@@ -34,5 +34,7 @@ def validate(kind: str, source: dict[str, Any]) -> dict[str, Any]:
     return {"type": name, **module.validate(source)}
 
 
-async def fetch(source: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    return await REGISTRY[source["type"]].fetch(source, settings)
+async def fetch(source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]:
+    """The source stage's output; `source` names the type, so prompts can pick their template."""
+    out = await REGISTRY[source["type"]].fetch(source, settings, tenant_id)
+    return {**out, "source": source["type"]}

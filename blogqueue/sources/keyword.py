@@ -27,6 +27,6 @@ def validate(source: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def fetch(source: dict[str, Any], settings: Settings) -> dict[str, Any]:
+async def fetch(source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]:
     return {"topic": source["keyword"], "tone": source.get("tone", "friendly"),
             "language": source.get("language", "en")}

@@ -1,0 +1,72 @@
+"""Credits: reservations at enqueue, grants and balances.
+
+The ledger (sql/004_credits.sql) is append-only. Enqueue reserves each new
+job's cost in its own transaction; the job's final status change settles the
+reservation in the same statement through a trigger (charge when done,
+release when failed or cancelled), so a crash can never leave a finished job
+with its credits neither charged nor returned, and a job is charged at most
+once (unique key per job and movement).
+
+Spendable balance = grants - reserves + releases
+                  = grants - charges - open reservations.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from .db import Q
+from .errors import InsufficientCredits, InvalidInput
+from .settings import Settings
+
+MAX_GRANT = 10**12
+
+
+def cost(settings: Settings, kind: str) -> int:
+    return int(settings.credit_costs.get(kind, 0))
+
+
+async def reserve(conn: asyncpg.Connection, settings: Settings, tenant_id: str,
+                  jobs: list[tuple[uuid.UUID, str]]) -> int:
+    """Reserves the cost of the new jobs `(id, kind)`, or raises InsufficientCredits.
+
+    Must run inside the enqueue's transaction, under its per-tenant lock, so
+    the balance read here is still true when the reservation commits.
+    """
+    if not settings.credits_enabled or not jobs:
+        return 0
+    amounts = [cost(settings, kind) for _, kind in jobs]
+    needed = sum(amounts)
+    balance = await conn.fetchval(Q["credit_balance"], tenant_id)
+    if needed > balance:
+        raise InsufficientCredits(
+            f"not enough credits: these jobs cost {needed}, the balance is {balance}",
+            details={"required": needed, "balance": balance})
+    await conn.execute(Q["credit_reserve"], tenant_id, [i for i, _ in jobs], amounts)
+    return needed
+
+
+async def grant(pool: asyncpg.Pool, tenant_id: str, amount: int, note: str | None = None) -> int:
+    """Adds credits to a tenant; returns the new balance."""
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= MAX_GRANT:
+        raise InvalidInput(f"amount must be an integer from 1 to {MAX_GRANT}", details={"field": "amount"})
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(Q["credit_grant"], tenant_id, amount, note)
+        return int(await conn.fetchval(Q["credit_balance"], tenant_id))
+
+
+async def balance(pool: asyncpg.Pool, tenant_id: str) -> dict[str, Any]:
+    """The spendable balance and the totals of each movement."""
+    rows = {r["movement"]: r for r in await pool.fetch(Q["credit_summary"], tenant_id)}
+    totals = {m: int(rows[m]["amount"]) if m in rows else 0 for m in ("grant", "reserve", "charge", "release")}
+    return {"tenant_id": tenant_id, "balance": totals["grant"] - totals["reserve"] + totals["release"],
+            "reserved": totals["reserve"] - totals["charge"] - totals["release"],
+            "granted": totals["grant"], "charged": totals["charge"]}
+
+
+async def violations(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """Every inconsistency of the ledger (tests and operators); empty when all is well."""
+    return [dict(r) for r in await pool.fetch(Q["credit_violations"])]
