@@ -70,7 +70,9 @@ async def test_sigterm_releases_running_work_without_using_an_attempt(client, wo
     assert job["events"][-1]["event"] == "released"
     workers(1)
     job = await job_where(client, job_id, lambda j: j["status"] == "done", "another worker to finish it")
-    assert job["failures"] == 0 and job["attempts"] == 2
+    # No attempt was used up. The dying worker's dispatcher may hand the released job to arq once
+    # more before it exits, so the dispatch counter may be past 2; only failures are attempts used.
+    assert job["failures"] == 0 and job["attempts"] >= 2
 
 
 async def test_a_job_that_keeps_killing_workers_ends_failed(client, workers, settings, pool):
