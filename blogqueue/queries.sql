@@ -249,22 +249,27 @@ SELECT count(*)::int AS owned FROM owner;
 -- name: finish_attempt
 -- End of an attempt: $3 is the next state (done, failed, cancelled, scheduled for a
 -- retry, queued when released), $4 the failures it adds, $5 the retry delay.
-WITH upd AS (
-    UPDATE bq_jobs SET
-        status = $3,
-        failures = failures + $4,
-        run_at = CASE WHEN $3 = 'scheduled' THEN now() + make_interval(secs => $5) ELSE run_at END,
-        last_error = coalesce($6, last_error),
-        error_code = coalesce($7, error_code),
-        result = coalesce($8::jsonb, result),
-        stage = CASE WHEN $3 = 'done' THEN NULL ELSE stage END,
-        finished_at = CASE WHEN $3 IN ('done', 'failed', 'cancelled') THEN now() END,
+-- A job asked to stop is never put back in the queue: it ends cancelled.
+WITH cur AS (
+    SELECT id, CASE WHEN cancel_requested AND $3 IN ('scheduled', 'queued') THEN 'cancelled' ELSE $3 END AS next
+    FROM bq_jobs WHERE id = $1 AND attempt = $2 AND status = 'running'
+    FOR UPDATE
+), upd AS (
+    UPDATE bq_jobs j SET
+        status = c.next,
+        failures = j.failures + $4,
+        run_at = CASE WHEN c.next = 'scheduled' THEN now() + make_interval(secs => $5) ELSE j.run_at END,
+        last_error = CASE WHEN c.next <> $3 THEN 'stopped by request' ELSE coalesce($6, j.last_error) END,
+        error_code = CASE WHEN c.next <> $3 THEN 'cancelled' ELSE coalesce($7, j.error_code) END,
+        result = coalesce($8::jsonb, j.result),
+        stage = CASE WHEN c.next = 'done' THEN NULL ELSE j.stage END,
+        finished_at = CASE WHEN c.next IN ('done', 'failed', 'cancelled') THEN now() END,
         lease_until = NULL, worker_id = NULL, updated_at = now()
-    WHERE id = $1 AND attempt = $2 AND status = 'running'
-    RETURNING id, attempt, status, run_at
+    FROM cur c WHERE j.id = c.id
+    RETURNING j.id, j.attempt, j.status, j.run_at, c.next <> $3 AS diverted
 ), ev AS (
     INSERT INTO bq_job_events (job_id, attempt, event, detail)
-    SELECT id, attempt, $9, $10::jsonb FROM upd
+    SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb FROM upd
 ), wake AS (
     SELECT pg_notify('blogqueue_dispatch', 'slot') FROM upd
 )

@@ -205,11 +205,11 @@ class WorkerRuntime:
                                  failures, delay, error, code, result, event, detail)
         if row is None:
             return "stale"
-        if status == "done":
+        if row["status"] == "done":
             self.done += 1
-        elif status == "failed":
+        elif row["status"] == "failed":
             self.failed += 1
-        return status
+        return row["status"]
 
 
 DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.AdminShutdownError,
