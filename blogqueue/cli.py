@@ -25,6 +25,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     enqueue.add_argument("file")
     status = sub.add_parser("status", help="print one job as JSON")
     status.add_argument("job_id")
+    token = sub.add_parser("token", help="API tokens: create, revoke, list")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    t_create = token_sub.add_parser("create", help="print a new token once (only its hash is stored)")
+    t_create.add_argument("--tenant", required=True)
+    t_create.add_argument("--user")
+    t_create.add_argument("--admin", action="store_true", help="sees every tenant and the metrics")
+    t_revoke = token_sub.add_parser("revoke", help="revoke a token by its id (or an unambiguous prefix)")
+    t_revoke.add_argument("token_id")
+    t_list = token_sub.add_parser("list", help="a tenant's tokens, without secrets")
+    t_list.add_argument("--tenant", required=True)
     args = parser.parse_args(argv)
 
     try:
@@ -52,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_service(settings, host=args.host, port=args.port)
         return 0
+    if args.command == "token":
+        from .tokens_cli import run as run_tokens
+
+        return asyncio.run(run_tokens(settings, args))
     if args.command in ("enqueue", "status"):
         if args.command == "enqueue":
             args.body = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
