@@ -43,9 +43,24 @@ SCHEMAS: dict[str, Any] = {
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}}}},
     },
     "Source": {
-        "type": "object", "required": ["type"],
-        "description": "keyword: {type, keyword, tone?, language?}; product: {type, name, ...}",
-        "properties": {"type": {"type": "string"}},
+        "description": "Where the job's subject comes from; more source types may be added.",
+        "oneOf": [_ref("KeywordSource"), _ref("ProductSource")],
+    },
+    "KeywordSource": {
+        "type": "object", "required": ["type", "keyword"], "additionalProperties": False,
+        "properties": {"type": {"const": "keyword"}, "keyword": {"type": "string", "minLength": 1, "maxLength": 300},
+                       "tone": {"type": "string", "maxLength": 50}, "language": {"type": "string", "maxLength": 50}},
+    },
+    "ProductSource": {
+        "type": "object", "required": ["type", "name"], "additionalProperties": False,
+        "properties": {
+            "type": {"const": "product"}, "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": {"type": "string", "maxLength": 8000}, "brand": {"type": "string", "maxLength": 200},
+            "category": {"type": "string", "maxLength": 200},
+            "price": {"type": ["string", "number"], "maxLength": 50},
+            "attributes": {"type": "object", "maxProperties": 50,
+                           "additionalProperties": {"type": ["string", "number"]}},
+        },
     },
     "JobInput": {
         "type": "object", "required": ["source"], "additionalProperties": False,

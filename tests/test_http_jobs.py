@@ -81,6 +81,10 @@ async def test_client_errors_change_nothing(api: Api, make_token: TokenFactory, 
     assert_error(await c.post("/v1/jobs", json=[1, 2]), 422, "invalid_input", "body")
     assert_error(await c.post("/v1/jobs", json={"source": {"type": "keyword", "keyword": ""}}), 422,
                  "invalid_input", "job.source")
+    assert_error(await c.post("/v1/jobs", json={"source": {"type": "keyword", "keyword": "a\x00b"}}), 422,
+                 "invalid_input", "job.source.keyword")
+    assert_error(await c.post("/v1/jobs", content=b'{"source": {"type": "keyword", "keyword": "t"},'
+                              b' "metadata": {"k": "\\ud800"}}'), 422, "invalid_input", "job.metadata.k")
     deep: dict = {}
     for _ in range(40):
         deep = {"x": deep}
