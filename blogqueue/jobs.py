@@ -126,7 +126,7 @@ def _unstorable(value: Any, where: str) -> str | None:
     while stack:
         item, path = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item or not item.isascii() and not _utf8(item):
+            if "\x00" in item or (not item.isascii() and not _utf8(item)):
                 return path
         elif isinstance(item, dict):
             for k, v in item.items():
