@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,6 +24,8 @@ from .db import Q
 from .errors import InvalidInput, NotFound
 
 _TOKEN = re.compile(r"^bq_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+# last_used_at is coarse on purpose: one write per token per minute, not one per request.
+TOUCH_EVERY = timedelta(minutes=1)
 _PREFIX = re.compile(r"^(?:bq_)?([0-9a-f]{4,12})")
 
 
@@ -70,7 +72,9 @@ async def verify(pool: asyncpg.Pool, token: str) -> Principal | None:
     expected = row["secret_hash"] if row else _hash("")
     if not hmac.compare_digest(expected, _hash(secret)) or row is None:
         return None
-    await pool.execute(Q["token_touch"], token_id)
+    last = row["last_used_at"]
+    if last is None or datetime.now(UTC) - last > TOUCH_EVERY:
+        await pool.execute(Q["token_touch"], token_id)
     return Principal(token_id, row["tenant_id"], row["user_id"], row["is_admin"])
 
 

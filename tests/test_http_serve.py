@@ -44,6 +44,13 @@ async def test_token_cli_create_list_revoke(settings: Settings, pool: asyncpg.Po
     assert row["tenant_id"] == "shop-cli" and row["user_id"] == "ann" and not row["is_admin"]
     assert secret not in json.dumps({k: str(v) for k, v in dict(row).items()})  # only a hash is stored
 
+    from blogqueue import tokens
+
+    assert row["last_used_at"] is None
+    assert (await tokens.verify(pool, token)).tenant_id == "shop-cli"
+    assert await pool.fetchval("SELECT last_used_at IS NOT NULL FROM bq_tokens WHERE id = $1", token_id)
+    assert await tokens.verify(pool, token[:-2]) is None
+
     admin = _cli(settings, "token", "create", "--tenant", "shop-cli", "--admin")
     listed = _cli(settings, "token", "list", "--tenant", "shop-cli")
     rows = json.loads(listed.stdout)
