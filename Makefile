@@ -13,7 +13,7 @@ LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +30,10 @@ test: services
 
 chaos: services
 	$(LOAD_ENV) $(PY) -m pytest -m chaos $(PYTEST_ARGS)
+
+# DEMO_JOBS=N scales the big store's share of the load.
+demo: services
+	$(LOAD_ENV) $(PY) scripts/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -143,8 +143,8 @@ class WorkerRuntime:
 
     async def run_attempt(self, job_id: str, attempt: int) -> str:
         s = self.settings
-        row = await self.pool.fetchrow(Q["claim_attempt"], uuid.UUID(job_id), attempt, self.worker_id,
-                                       s.lease_seconds)
+        row = await _retrying_db(self.pool.fetchrow, Q["claim_attempt"], uuid.UUID(job_id), attempt,
+                                 self.worker_id, s.lease_seconds)
         if row is None:
             return "stale"  # lapsed, duplicate, stopped or already run: invariant 2
         job = dict(row)
@@ -163,6 +163,12 @@ class WorkerRuntime:
                                       event="cancelled", detail={"stage": run.stage})
         except StaleAttempt:
             return "stale"
+        except DB_ERRORS as exc:
+            # Our own database hiccuped (restart, terminated backend): not the job's fault.
+            log.warning("job %s: database error in stage %s (%s); releasing the attempt", job_id, run.stage,
+                        type(exc).__name__)
+            return await self._finish(job, "scheduled", delay=1.0, event="released",
+                                      detail={"stage": run.stage, "reason": "database error"})
         except Exception as exc:
             return await self._failed(job, run.stage, exc)
         finally:
@@ -195,8 +201,8 @@ class WorkerRuntime:
     async def _finish(self, job: dict[str, Any], status: str, *, failures: int = 0, delay: float = 0.0,
                       error: str | None = None, code: str | None = None, result: dict[str, Any] | None = None,
                       event: str, detail: dict[str, Any] | None = None) -> str:
-        row = await self.pool.fetchrow(Q["finish_attempt"], job["id"], job["attempt"], status, failures, delay,
-                                       error, code, result, event, detail)
+        row = await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], job["id"], job["attempt"], status,
+                                 failures, delay, error, code, result, event, detail)
         if row is None:
             return "stale"
         if status == "done":
@@ -204,6 +210,26 @@ class WorkerRuntime:
         elif status == "failed":
             self.failed += 1
         return status
+
+
+DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.AdminShutdownError,
+             ConnectionError)
+
+
+async def _retrying_db(call: Any, *args: Any, tries: int = 4) -> Any:
+    """Runs one statement, retrying on a fresh pooled connection when the connection died.
+
+    Safe because every statement retried here is conditional on the attempt's state:
+    running it twice cannot apply it twice.
+    """
+    for n in range(tries):
+        try:
+            return await call(*args)
+        except DB_ERRORS:
+            if n == tries - 1:
+                raise
+            await asyncio.sleep(0.2 * (n + 1))
+    raise AssertionError("unreachable")
 
 
 # -- arq glue --------------------------------------------------------------------

@@ -35,11 +35,12 @@ import ssl
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DB_VAR = "BLOGQUEUE_DATABASE_URL"
@@ -49,7 +50,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/blogqueue"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # A server on this machine answers in milliseconds; anything slower is as good as down.
 TIMEOUT = 2.0
-# initdb on first start plus pg_ctl -w can take several seconds on a busy machine.
+# CREATE DATABASE copies template1 and fsyncs it: seconds, not milliseconds, on a busy disk.
 CREATE_DATABASE_TIMEOUT = 60.0
 REDIS_START_TIMEOUT = 10.0
 STOP_TIMEOUT = 20.0
@@ -121,14 +122,13 @@ class Resolved:
 
 def redact(url: str) -> str:
     """The URL with any password masked, because these lines end up in CI logs."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, hostinfo = netloc.rpartition("@")
+    # Edit the string rather than urlunsplit(), which would turn unix:///path into unix:/path.
+    netloc = urlsplit(url).netloc
+    userinfo, at, _ = netloc.rpartition("@")
+    if at and ":" in userinfo:
         user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostinfo}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        url = url.replace(f"{userinfo}@", f"{user}:***@", 1)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 def describe(exc: BaseException) -> str:
@@ -138,13 +138,20 @@ def describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def pid_alive(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
+    """True while the pid is taken, zombies included."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    if not pid_exists(pid):
+        return False
     # A zombie still has a pid but is not a server any more.
     with contextlib.suppress(OSError):
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -251,6 +258,14 @@ def locked(state: State) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def import_pgserver() -> Any:
+    # pgserver resolves its runtime dir at import time and platformdirs warns when
+    # XDG_RUNTIME_DIR is unset (as under root, CI and make); the fallback it takes is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(PGSERVER[0])
+
+
 def ensure_packages(*packages: tuple[str, str]) -> None:
     """Install the embedded fallback's packages into this interpreter if they are missing."""
     missing = [pip_name for module, pip_name in packages if importlib.util.find_spec(module) is None]
@@ -335,9 +350,15 @@ def check_postgres(url: str) -> str | None:
 
 def start_embedded_postgres(state: State, default_url: str) -> str:
     ensure_packages(PGSERVER)
-    pgserver = importlib.import_module(PGSERVER[0])
+    pgserver = import_pgserver()
     state.root.mkdir(parents=True, exist_ok=True)
-    print(f"starting embedded PostgreSQL in {state.pg_dir} (the first start runs initdb)", flush=True)
+    first = not (state.pg_dir / "PG_VERSION").exists()
+    stale = read_pid(state.pg_dir / "postmaster.pid")
+    if stale is not None and not pid_alive(stale):
+        # A killed postmaster stays a zombie until init reaps it (seconds, with some inits);
+        # pgserver (psutil) counts a zombie as running and would hand back a dead server.
+        wait_until(lambda: not pid_exists(stale), STOP_TIMEOUT)
+    print(f"starting embedded PostgreSQL in {state.pg_dir}{' (first start: initdb)' if first else ''}", flush=True)
     try:
         # cleanup_mode=None: pgserver registers an atexit hook that would otherwise stop
         # the server when this script exits; the other make targets need it to stay up.
@@ -370,7 +391,7 @@ def stop_embedded_postgres(state: State) -> str:
     if not pid_runs(pid, "postgres"):
         return "not running (stale postmaster.pid)"
     try:
-        pgserver = importlib.import_module(PGSERVER[0])
+        pgserver = import_pgserver()
     except ImportError:
         pgserver = None
     if pgserver is not None:

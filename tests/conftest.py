@@ -27,7 +27,7 @@ import pytest_asyncio
 from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
-from blogqueue.testing.processes import WorkerProcess
+from blogqueue.testing.processes import BLOGQUEUE_WORKER, WorkerProcess
 
 # HTTP service fixtures (api, make_token) live in their own module.
 pytest_plugins = ["tests.http_fixtures"]
@@ -134,11 +134,11 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., list[W
     """Starts real `blogqueue worker` processes; all are killed at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def start(n: int = 1, **overrides: Any) -> list[WorkerProcess]:
+    def start(n: int = 1, argv: tuple[str, ...] = BLOGQUEUE_WORKER, **overrides: Any) -> list[WorkerProcess]:
         procs = []
         for _ in range(n):
             log = tmp_path / f"worker-{len(started)}.log"
-            w = WorkerProcess(settings.replace(**overrides), log).start()
+            w = WorkerProcess(settings.replace(**overrides), log, argv).start()
             started.append(w)
             procs.append(w)
         return procs

@@ -3,6 +3,8 @@
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+from blogqueue.testing.processes import ARQ_WORKER
+
 from .conftest import keyword_jobs, read_calls, wait_until
 
 
@@ -137,3 +139,14 @@ async def test_many_jobs_each_run_once(client, workers, settings, pool):
     per_job = Counter(c["job"] for c in read_calls(settings) if c["call"] == "text")
     assert len(per_job) == 300 and set(per_job.values()) == {1}
     assert await pool.fetchval("SELECT count(*) FROM bq_job_events WHERE event = 'done'") == 300
+    # Two dispatchers were campaigning: still one dispatch and one start per job.
+    assert await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE attempt <> 1") == 0
+    assert await pool.fetchval("SELECT count(*) FROM bq_job_events WHERE event = 'started'") == 300
+
+
+async def test_arq_command_runs_the_same_worker(client, workers):
+    """`arq blogqueue.worker.WorkerSettings` reads the environment and runs jobs like `blogqueue worker`."""
+    workers(1, argv=ARQ_WORKER)
+    out = await client.enqueue("shop-a", keyword_jobs(5))
+    batch = await wait_finished(client, out)
+    assert batch["counts"]["done"] == 5

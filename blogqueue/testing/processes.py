@@ -10,20 +10,25 @@ from pathlib import Path
 
 from ..settings import Settings
 
+BLOGQUEUE_WORKER = ("-m", "blogqueue.cli", "worker")
+ARQ_WORKER = ("-m", "arq", "blogqueue.worker.WorkerSettings")
+
 
 class WorkerProcess:
-    """`blogqueue worker` as a child process with the given settings."""
+    """A worker as a child process with the given settings: `blogqueue worker` or arq's own command."""
 
-    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
+    def __init__(self, settings: Settings, log_path: Path | None = None,
+                 argv: tuple[str, ...] = BLOGQUEUE_WORKER) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.argv = argv
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLOGQUEUE_")}
         env.update(self.settings.to_env())
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "blogqueue.cli", "worker"], env=env,
+        self.proc = subprocess.Popen([sys.executable, *self.argv], env=env,
                                      stdout=out, stderr=subprocess.STDOUT)
         if self.log_path:
             out.close()  # type: ignore[union-attr]

@@ -1,0 +1,268 @@
+"""`make demo`: the main job, end to end, through the HTTP API.
+
+Starts the service and two workers against a database of its own
+(`blogqueue_demo` on the configured server, reset at start), enqueues a skewed
+multi-tenant load (one store with DEMO_JOBS posts, thirty stores with 20, a
+burst of priority posts), shows live progress, prints a summary with per-tenant
+first-start and finish times and Jain's fairness index, and stops everything it
+started. Runs on the offline provider unless BLOGQUEUE_DEFAULT_MODEL names a
+real one with its key configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from blogqueue import db, tokens
+from blogqueue.settings import Settings
+
+console = Console()
+SMALL_STORES = 30
+SMALL_JOBS = 20
+URGENT_JOBS = 40
+WORKERS = 2
+
+
+@dataclass
+class Tenant:
+    name: str
+    token: str
+    jobs: int
+    batches: list[str] = field(default_factory=list)
+    enqueued_at: float = 0.0
+    done: int = 0
+    failed: int = 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def reset_database(settings: Settings) -> Settings:
+    parts = urlsplit(settings.database_url)
+    demo = settings.replace(database_url=urlunsplit(parts._replace(path="/blogqueue_demo")),
+                            queue_name="blogqueue-demo")
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        await admin.execute('DROP DATABASE IF EXISTS "blogqueue_demo" WITH (FORCE)')
+        await admin.execute('CREATE DATABASE "blogqueue_demo"')
+    finally:
+        await admin.close()
+    await db.migrate(demo)
+    return demo
+
+
+def start(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOGQUEUE_")} | settings.to_env()
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "blogqueue.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def wait_ready(http: httpx.AsyncClient) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if (await http.get("/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("demo: the service did not become ready in 30 s (see .blogqueue/demo/*.log)")
+
+
+async def enqueue(http: httpx.AsyncClient, tenant: Tenant, jobs: list[dict[str, Any]]) -> None:
+    for i in range(0, len(jobs), 1000):
+        r = await http.post("/v1/jobs", json={"jobs": jobs[i:i + 1000]},
+                            headers={"Authorization": f"Bearer {tenant.token}"})
+        if r.status_code != 202:
+            raise SystemExit(f"demo: enqueue for {tenant.name} answered {r.status_code}: {r.text[:300]}")
+        tenant.batches.append(r.json()["batch_id"])
+    tenant.enqueued_at = tenant.enqueued_at or time.time()
+
+
+def posts(tenant: str, n: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"source": {"type": "keyword", "keyword": f"{tenant} idea {i}"}, **extra} for i in range(n)]
+
+
+async def poll(http: httpx.AsyncClient, admin: str, tenants: list[Tenant]) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {admin}"}
+    for t in tenants:
+        counts = [(await http.get(f"/v1/batches/{b}", headers=auth)).json()["counts"] for b in t.batches]
+        t.done = sum(c["done"] for c in counts)
+        t.failed = sum(c["failed"] + c["cancelled"] for c in counts)
+    r = await http.get("/v1/metrics", headers=auth)
+    return r.json() if r.status_code == 200 else {}
+
+
+def progress_view(progress: Progress, tenants: list[Tenant], metrics: dict[str, Any], rate: float) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row(progress)
+    small = tenants[1:]
+    finished = sum(1 for t in small if t.done + t.failed == t.jobs)
+    buckets = metrics.get("buckets") or metrics.get("rate_limits") or []
+    util = ", ".join(f"{b.get('provider', '?')} {100 * b.get('utilisation', 0):.0f}%" for b in buckets) or "none"
+    running = metrics.get("counts", {}).get("running", "?")
+    grid.add_row(f"[bold]{rate:7.1f} jobs/s[/]   running {running}   small stores finished "
+                 f"{finished}/{len(small)}   rate-limit utilisation: {util}")
+    return grid
+
+
+async def timings(http: httpx.AsyncClient, admin: str, tenant: Tenant) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    for batch in tenant.batches:
+        cursor = None
+        while True:
+            params = {"batch_id": batch, "limit": 200, **({"cursor": cursor} if cursor else {})}
+            page = (await http.get("/v1/jobs", params=params, headers={"Authorization": f"Bearer {admin}"})).json()
+            jobs += page["jobs"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+    return jobs
+
+
+def ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def jain(samples: list[list[int]]) -> float:
+    """Mean of Jain's index (Σx)²/(nΣx²) over samples of per-tenant in-flight counts."""
+    values = [sum(x) ** 2 / (len(x) * sum(v * v for v in x)) for x in samples if sum(x)]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def fairness_samples(per_tenant: dict[str, list[dict[str, Any]]]) -> list[list[int]]:
+    """In-flight counts per tenant every 50 ms while every tenant still had unfinished work."""
+    spans = {t: [(ts(j["started_at"]), ts(j["finished_at"])) for j in jobs if j["started_at"]]
+             for t, jobs in per_tenant.items()}
+    start = max(min(s for s, _ in v) for v in spans.values())
+    end = min(max(f or 0 for _, f in v) for v in spans.values())
+    samples = []
+    t = start
+    while t < end:
+        samples.append([sum(1 for s, f in v if s <= t < (f or 1e18)) for v in spans.values()])
+        t += 0.05
+    return samples
+
+
+async def main(workdir: Path) -> None:
+    base = Settings.from_env()
+    n_big = int(os.environ.get("DEMO_JOBS", "2000"))
+    model = base.default_model
+    console.print(f"[bold]blogqueue demo[/]: 1 store with {n_big} posts, {SMALL_STORES} stores with "
+                  f"{SMALL_JOBS}, {URGENT_JOBS} priority posts; model {model}; {WORKERS} workers")
+    latency = base.offline_latency_ms or 40.0
+    settings = (await reset_database(base)).replace(offline_latency_ms=latency, worker_concurrency=25,
+                                                    max_tenant_backlog=max(base.max_tenant_backlog, n_big + 100))
+    pool = await db.create_pool(settings, max_size=2)
+    names = ["big-store", *(f"store-{i:02d}" for i in range(1, SMALL_STORES + 1))]
+    tenants = [Tenant(n, (await tokens.create(pool, n))[0], n_big + URGENT_JOBS if n == "big-store" else SMALL_JOBS)
+               for n in names]
+    admin = (await tokens.create(pool, "operator", is_admin=True))[0]
+    await pool.close()
+
+    port = free_port()
+    procs = [start(settings, "serve", "--port", str(port), log=workdir / "service.log")]
+    procs += [start(settings, "worker", log=workdir / f"worker-{i}.log") for i in range(WORKERS)]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            await wait_ready(http)
+            t0 = time.time()
+            await enqueue(http, tenants[0], posts("big-store", n_big))
+            await asyncio.gather(*(enqueue(http, t, posts(t.name, SMALL_JOBS)) for t in tenants[1:]))
+            await enqueue(http, tenants[0], posts("big-store-urgent", URGENT_JOBS, priority=10))
+            total = sum(t.jobs for t in tenants)
+            await live(http, admin, tenants, total, t0)
+            wall = time.time() - t0
+            await summary(http, admin, tenants, wall)
+    finally:
+        for p in procs:
+            with_signal(p, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                with_signal(p, signal.SIGKILL)
+        console.print("stopped the service and the workers")
+
+
+def with_signal(p: subprocess.Popen[bytes], sig: int) -> None:
+    if p.poll() is None:
+        p.send_signal(sig)
+
+
+async def live(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], total: int, t0: float) -> None:
+    progress = Progress(TextColumn("{task.description:>22}"), BarColumn(bar_width=50), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    overall = progress.add_task("all stores", total=total)
+    big = progress.add_task(tenants[0].name, total=tenants[0].jobs)
+    small = progress.add_task(f"{len(tenants) - 1} small stores", total=sum(t.jobs for t in tenants[1:]))
+    history: list[tuple[float, int]] = []
+    with Live(console=console, refresh_per_second=4) as view:
+        while True:
+            metrics = await poll(http, admin, tenants)
+            finished = sum(t.done + t.failed for t in tenants)
+            now = time.time()
+            history = [(t, n) for t, n in history if now - t <= 5] + [(now, finished)]
+            rate = (history[-1][1] - history[0][1]) / max(1e-6, history[-1][0] - history[0][0])
+            progress.update(overall, completed=finished)
+            progress.update(big, completed=tenants[0].done + tenants[0].failed)
+            progress.update(small, completed=sum(t.done + t.failed for t in tenants[1:]))
+            view.update(progress_view(progress, tenants, metrics, rate))
+            if finished >= total or now - t0 > 600:
+                return
+            await asyncio.sleep(0.5)
+
+
+async def summary(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], wall: float) -> None:
+    per_tenant = {t.name: await timings(http, admin, t) for t in tenants}
+    done = sum(t.done for t in tenants)
+    failed = sum(t.failed for t in tenants)
+    table = Table(title="per-tenant timing (seconds after that tenant's enqueue)")
+    for col in ("tenant", "jobs", "first start", "finished"):
+        table.add_column(col, justify="right")
+    firsts, finishes = [], []
+    for t in tenants:
+        jobs = per_tenant[t.name]
+        first = min(ts(j["started_at"]) or 1e18 for j in jobs) - t.enqueued_at
+        last = max(ts(j["finished_at"]) or 0 for j in jobs) - t.enqueued_at
+        if t is not tenants[0]:
+            firsts.append(first)
+            finishes.append(last)
+        if t is tenants[0] or len(firsts) <= 5:
+            table.add_row(t.name, str(len(jobs)), f"{first:.2f}", f"{last:.1f}")
+    table.add_row("… small stores", f"{len(firsts)} × {SMALL_JOBS}",
+                  f"median {statistics.median(firsts):.2f}, max {max(firsts):.2f}",
+                  f"median {statistics.median(finishes):.1f}, max {max(finishes):.1f}")
+    console.print(table)
+    index = jain(fairness_samples(per_tenant))
+    console.print(f"[bold]jobs done {done}, failed or cancelled {failed}, wall {wall:.1f} s, "
+                  f"{done / wall:.1f} jobs/s, Jain's fairness index {index:.3f}[/]")
+
+
+if __name__ == "__main__":
+    logs = Path(".blogqueue/demo")
+    logs.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(logs))
