@@ -39,7 +39,7 @@ async def collect(pool: asyncpg.Pool, settings: Settings, *, top_n: int | None =
         lag = await conn.fetchrow(Q["metrics_dispatcher_lag"])
         workers = await conn.fetch(Q["metrics_workers"], settings.queue_name)
     return {
-        "jobs": {s: counts.get(s, 0) for s in PUBLIC_STATUSES},
+        "counts": {s: counts.get(s, 0) for s in PUBLIC_STATUSES},
         "backlog_by_tenant": [{"tenant_id": r["tenant_id"], "backlog": r["backlog"],
                                "in_flight": r["in_flight"]} for r in backlog],
         "throughput": {

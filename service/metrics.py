@@ -48,7 +48,7 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         d = self.data
         jobs = GaugeMetricFamily("blogqueue_jobs", "Jobs by public status", labels=["status"])
-        for status, n in d["jobs"].items():
+        for status, n in d["counts"].items():
             jobs.add_metric([status], n)
         yield jobs
 

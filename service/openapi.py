@@ -135,10 +135,10 @@ SCHEMAS: dict[str, Any] = {
     },
     "Metrics": {
         "type": "object", "additionalProperties": False,
-        "required": ["jobs", "backlog_by_tenant", "throughput", "dispatcher", "workers", "database_pool",
+        "required": ["counts", "backlog_by_tenant", "throughput", "dispatcher", "workers", "database_pool",
                      "buckets"],
         "properties": {
-            "jobs": {"type": "object", "required": list(PUBLIC_STATUSES),
+            "counts": {"type": "object", "required": list(PUBLIC_STATUSES),
                      "properties": {s: COUNT for s in PUBLIC_STATUSES}},
             "backlog_by_tenant": {"type": "array", "items": {
                 "type": "object", "required": ["tenant_id", "backlog", "in_flight"],
@@ -189,7 +189,8 @@ PATHS: dict[str, Any] = {
     "/v1/jobs": {
         "post": _op("Enqueue one job, or many atomically", {
             "202": _json(_ref("Enqueued"), "accepted"),
-            "400": _err("malformed JSON"), "409": _err("idempotency_key reused for a different job"),
+            "400": _err("malformed JSON"), "402": _err("not enough credits (where credits are enabled)"),
+            "409": _err("idempotency_key reused for a different job"),
             "413": _err("body too large"), "422": _err("invalid field (details.field names it)"),
             "429": {**_err("backlog full; see Retry-After"),
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}}},

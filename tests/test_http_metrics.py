@@ -26,10 +26,10 @@ async def test_metrics_json_and_prometheus(api: Api, make_token: TokenFactory, w
 
     async def settled() -> dict | None:
         m = (await admin.get("/v1/metrics")).json()
-        return m if m["jobs"]["done"] == 5 and m["workers"] and m["workers"][0]["jobs_done"] == 5 else None
+        return m if m["counts"]["done"] == 5 and m["workers"] and m["workers"][0]["jobs_done"] == 5 else None
 
     m = await wait_until(settled, timeout=60, what="5 jobs done and a heartbeat")
-    assert m["jobs"]["queued"] == 3 and m["jobs"]["failed"] == 0
+    assert m["counts"]["queued"] == 3 and m["counts"]["failed"] == 0
     assert m["throughput"]["finished_1m"] == 5 and m["throughput"]["finished_5m"] == 5
     assert m["throughput"]["per_second_1m"] == round(5 / 60, 3)
     assert m["dispatcher"] == {"lag_s": 0.0, "ready": 0}

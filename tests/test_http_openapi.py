@@ -28,8 +28,8 @@ def test_routes_and_document_agree() -> None:
     served = {(r.path, m.lower()) for r in ROUTES for m in r.methods or () if m != "HEAD"}
     documented = {(p, m) for p, ops in DOCUMENT["paths"].items() for m in ops}
     assert served == documented
-    for name, schema in DOCUMENT["components"]["schemas"].items():
-        Draft202012Validator.check_schema(schema), name
+    for schema in DOCUMENT["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
     for path, ops in DOCUMENT["paths"].items():
         for method, op in ops.items():
             names = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
