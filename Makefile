@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ENV_FILE := .blogqueue/env
 LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 
-.PHONY: install services migrate test chaos lint demo bench worker serve clean
+.PHONY: install services migrate test chaos lint demo bench bench-http worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ worker: migrate
 
 serve: migrate
 	$(LOAD_ENV) $(VENV)/bin/blogqueue serve
+
+bench-http: services
+	$(LOAD_ENV) $(PY) benchmarks/http_enqueue.py
 
 clean:
 	$(PY) scripts/services.py --stop || true

@@ -33,6 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     grant.add_argument("--note")
     bal = creds_sub.add_parser("balance", help="print a tenant's balance as JSON")
     bal.add_argument("--tenant", required=True)
+    token = sub.add_parser("token", help="API tokens: create, revoke, list")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    t_create = token_sub.add_parser("create", help="print a new token once (only its hash is stored)")
+    t_create.add_argument("--tenant", required=True)
+    t_create.add_argument("--user")
+    t_create.add_argument("--admin", action="store_true", help="sees every tenant and the metrics")
+    t_revoke = token_sub.add_parser("revoke", help="revoke a token by its id (or an unambiguous prefix)")
+    t_revoke.add_argument("token_id")
+    t_list = token_sub.add_parser("list", help="a tenant's tokens, without secrets")
+    t_list.add_argument("--tenant", required=True)
     args = parser.parse_args(argv)
 
     try:
@@ -60,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_service(settings, host=args.host, port=args.port)
         return 0
+    if args.command == "token":
+        from .tokens_cli import run as run_tokens
+
+        return asyncio.run(run_tokens(settings, args))
     if args.command in ("enqueue", "status", "credits"):
         if args.command == "enqueue":
             args.body = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()

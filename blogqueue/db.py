@@ -33,13 +33,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> asyncpg.Pool:
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None,
+                      **connect_kwargs: Any) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=min_size,
         max_size=max_size or settings.db_pool_size,
         init=_init_connection,
         command_timeout=60,
+        **connect_kwargs,
     )
     assert pool is not None
     return pool

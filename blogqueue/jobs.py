@@ -57,6 +57,10 @@ class JobSpec:
 def parse_job(raw: Any, where: str = "job") -> JobSpec:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{where} must be an object", details={"field": where})
+    bad_text = _unstorable(raw, where)
+    if bad_text:
+        raise InvalidInput(f"{bad_text} contains a NUL character or a lone surrogate, which cannot be stored",
+                           details={"field": bad_text})
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
         raise InvalidInput(f"{where}.{unknown[0]} is not a known field",
@@ -114,6 +118,32 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
 
     return JobSpec(kind=kind, source=source, model=model, priority=priority, idempotency_key=key,
                    image=flags["image"], publish=flags["publish"], run_at=run_at, metadata=metadata)
+
+
+def _unstorable(value: Any, where: str) -> str | None:
+    """The path of the first string PostgreSQL cannot store (NUL, or not encodable as UTF-8)."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or (not item.isascii() and not _utf8(item)):
+                return path
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str) and ("\x00" in k or not _utf8(k)):
+                    return path
+                stack.append((v, f"{path}.{k}"))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_time(value: Any) -> datetime | None:

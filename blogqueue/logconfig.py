@@ -1,33 +1,44 @@
-"""Logging for the entry points (CLI, worker, service). Library modules only log."""
+"""Logging for the entry points (CLI, worker, service). Library modules only log.
+
+Both stdlib `logging` records and `structlog` events go through one handler:
+JSON lines when LOG_FORMAT=json (production), a readable console line otherwise.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
+from typing import Any
+
+import structlog
 
 from .settings import Settings
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": datetime.fromtimestamp(record.created, UTC).isoformat(), "level": record.levelname.lower(),
-               "logger": record.name, "event": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
 def configure(settings: Settings) -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = (structlog.processors.JSONRenderer() if settings.log_format == "json"
+                     else structlog.dev.ConsoleRenderer(colors=False))
     handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
     # arq logs two lines per job; at hundreds of jobs/s the heartbeat line says more.
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
@@ -35,3 +46,5 @@ def configure(settings: Settings) -> None:
     # as the api_key query parameter: those lines must never be written.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The service writes its own access log line (method, path, status, duration, tenant).
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

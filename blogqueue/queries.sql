@@ -97,7 +97,7 @@ WHERE tenant_id = $1 AND status IN ('scheduled', 'queued', 'dispatched', 'runnin
 WITH target AS (
     SELECT id, status FROM bq_jobs
     WHERE id = ANY($1::uuid[]) AND status IN ('scheduled', 'queued', 'dispatched', 'running')
-    FOR UPDATE
+    ORDER BY id FOR UPDATE
 ), upd AS (
     UPDATE bq_jobs j SET
         status = CASE WHEN t.status = 'running' THEN 'running' ELSE 'cancelled' END,
@@ -204,14 +204,21 @@ ORDER BY (slot > $2::bigint * weight), slot::float8 / weight, md5(tenant_id || $
 LIMIT $1;
 
 -- name: dispatch
-UPDATE bq_jobs SET status = 'dispatched', attempt = attempt + 1,
+-- Multi-row writers (this, stop_jobs) lock rows in id order, so they cannot deadlock.
+WITH locked AS (
+    SELECT id FROM bq_jobs WHERE id = ANY($1::uuid[]) AND status = 'queued' ORDER BY id FOR UPDATE
+)
+UPDATE bq_jobs j SET status = 'dispatched', attempt = j.attempt + 1,
     lease_until = now() + make_interval(secs => $2), updated_at = now()
-WHERE id = ANY($1::uuid[]) AND status = 'queued'
-RETURNING id, attempt;
+FROM locked l WHERE j.id = l.id AND j.status = 'queued'
+RETURNING j.id, j.attempt;
 
 -- name: undispatch
-UPDATE bq_jobs SET status = 'queued', lease_until = NULL, updated_at = now()
-WHERE id = ANY($1::uuid[]) AND status = 'dispatched';
+WITH locked AS (
+    SELECT id FROM bq_jobs WHERE id = ANY($1::uuid[]) AND status = 'dispatched' ORDER BY id FOR UPDATE
+)
+UPDATE bq_jobs j SET status = 'queued', lease_until = NULL, updated_at = now()
+FROM locked l WHERE j.id = l.id;
 
 -- name: claim_attempt
 -- An attempt runs only if it is still the job's current one and nobody started it.
@@ -357,3 +364,61 @@ UNION ALL
 SELECT 'charged but not done, or done but released', j.tenant_id, j.id
 FROM bq_jobs j JOIN bq_credit_ledger s ON s.job_id = j.id
 WHERE (s.movement = 'charge' AND j.status <> 'done') OR (s.movement = 'release' AND j.status = 'done');
+-- ---------------------------------------------------------------------------
+-- API tokens (HTTP service)
+
+-- name: token_insert
+INSERT INTO bq_tokens (id, tenant_id, user_id, is_admin, secret_hash)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id, tenant_id, user_id, is_admin, created_at;
+
+-- name: token_by_id
+SELECT id, tenant_id, user_id, is_admin, secret_hash, last_used_at
+FROM bq_tokens WHERE id = $1 AND revoked_at IS NULL;
+
+-- name: token_touch
+-- last_used_at is coarse on purpose: at most one write per token per minute.
+UPDATE bq_tokens SET last_used_at = now()
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
+
+-- name: token_revoke
+UPDATE bq_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
+RETURNING id, tenant_id;
+
+-- name: token_matches
+SELECT id FROM bq_tokens WHERE starts_with(id, $1) AND revoked_at IS NULL ORDER BY id;
+
+-- name: token_list
+SELECT id, tenant_id, user_id, is_admin, created_at, revoked_at, last_used_at
+FROM bq_tokens WHERE tenant_id = $1 ORDER BY created_at, id;
+
+-- ---------------------------------------------------------------------------
+-- Metrics (GET /v1/metrics, GET /metrics)
+
+-- name: metrics_status_counts
+SELECT bq_public_status(status, failures) AS status, count(*)::bigint AS n
+FROM bq_jobs GROUP BY 1;
+
+-- name: metrics_backlog_by_tenant
+SELECT tenant_id, count(*)::bigint AS backlog,
+       count(*) FILTER (WHERE status IN ('dispatched', 'running'))::bigint AS in_flight
+FROM bq_jobs WHERE status IN ('scheduled', 'queued', 'dispatched', 'running')
+GROUP BY tenant_id ORDER BY backlog DESC, tenant_id LIMIT $1;
+
+-- name: metrics_throughput
+SELECT count(*) FILTER (WHERE finished_at > now() - interval '1 minute')::bigint AS finished_1m,
+       count(*)::bigint AS finished_5m,
+       count(*) FILTER (WHERE status = 'done')::bigint AS done_5m,
+       count(*) FILTER (WHERE status = 'failed')::bigint AS failed_5m
+FROM bq_jobs WHERE finished_at > now() - interval '5 minutes';
+
+-- name: metrics_dispatcher_lag
+-- Age of the oldest job that is ready and not yet handed to arq.
+SELECT coalesce(extract(epoch FROM now() - min(greatest(created_at, run_at))), 0)::float8 AS lag_s,
+       count(*)::bigint AS ready
+FROM bq_jobs WHERE status = 'queued';
+
+-- name: metrics_workers
+SELECT id, hostname, pid, concurrency, in_flight, jobs_done, jobs_failed, is_leader,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s, started_at
+FROM bq_workers WHERE queue_name = $1 AND stopped_at IS NULL ORDER BY started_at, id;

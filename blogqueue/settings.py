@@ -75,6 +75,11 @@ class Settings:
     max_batch_size: int = 10_000
     log_level: str = "INFO"
     log_format: str = "console"
+    # HTTP service (docs/http.md)
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_json_depth: int = 32
+    metrics_top_tenants: int = 10
+    ready_timeout_seconds: float = 1.0
 
     # Sources, publishers and credits (docs/sources-publishers-credits.md).
     wix_base_url: str = "https://www.wixapis.com"
@@ -116,6 +121,10 @@ class Settings:
              "must be 1-64 characters of letters, digits, _ . : -"),
             ("DEFAULT_MODEL", ":" in self.default_model, "must look like provider:model"),
             ("LOG_FORMAT", self.log_format in ("console", "json"), "must be console or json"),
+            ("MAX_BODY_BYTES", self.max_body_bytes >= 1024, "must be at least 1024"),
+            ("MAX_JSON_DEPTH", 4 <= self.max_json_depth <= 500, "must be from 4 to 500"),
+            ("METRICS_TOP_TENANTS", self.metrics_top_tenants >= 1, "must be at least 1"),
+            ("READY_TIMEOUT_SECONDS", self.ready_timeout_seconds > 0, "must be positive"),
             ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "must be DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -166,10 +175,12 @@ class Settings:
 _INT_FIELDS = {
     "worker_concurrency", "max_inflight_per_tenant", "max_backlog", "max_tenant_backlog",
     "dispatch_prefetch", "shutdown_grace_seconds", "db_pool_size", "max_batch_size",
+    "max_body_bytes", "max_json_depth", "metrics_top_tenants",
 }
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
+    "ready_timeout_seconds",
 }
 
 

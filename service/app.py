@@ -1,9 +1,100 @@
-"""The Starlette app (issue: HTTP service). Placeholder entry so `blogqueue serve` fails clearly."""
+"""The Starlette app: route table, lifespan (pool), access log, and `serve`.
+
+`create_app(settings)` builds the app; its lifespan opens the PostgreSQL pool
+with no connection up front (min_size 0), so the service starts and answers
+503 while PostgreSQL is down and recovers by itself when it is back.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from blogqueue import db
+from blogqueue.client import Client
 from blogqueue.settings import Settings
+
+from . import health, metrics, openapi, routes_jobs
+from .errors import HANDLERS
+
+log = structlog.get_logger("blogqueue.service")
+
+ROUTES = [
+    Route("/v1/jobs", routes_jobs.create_jobs, methods=["POST"]),
+    Route("/v1/jobs", routes_jobs.list_jobs, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", routes_jobs.get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/stop", routes_jobs.stop_job, methods=["POST"]),
+    Route("/v1/batches/{batch_id}", routes_jobs.get_batch, methods=["GET"]),
+    Route("/v1/batches/{batch_id}/stop", routes_jobs.stop_batch, methods=["POST"]),
+    Route("/v1/stop", routes_jobs.stop_tenant, methods=["POST"]),
+    # GET /v1/ai-settings and PUT /v1/ai-settings: added by the AI settings issue (routes_ai_settings.py),
+    # together with their paths in openapi.py.
+    Route("/v1/metrics", metrics.metrics_json, methods=["GET"]),
+    Route("/metrics", metrics.metrics_prometheus, methods=["GET"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+]
+
+
+class AccessLog:
+    """One log line per request: method, path, status, duration, tenant.
+
+    Headers are never logged, so neither a token nor a provider key can reach
+    the log; the tenant comes from the verified token (request state).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            log.info("request", method=scope["method"], path=scope["path"], status=status,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                     tenant=state.get("tenant"))
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # timeout: a connection attempt to a dead PostgreSQL fails fast into a 503.
+        pool = await db.create_pool(settings, min_size=0, timeout=5)
+        app.state.client = Client(settings, pool, owns_pool=True)
+        try:
+            yield
+        finally:
+            await app.state.client.close()
+
+    app = Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)
+    app.add_middleware(AccessLog)
+    return app
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    raise SystemExit("blogqueue serve: the HTTP service is not built yet")
+    import uvicorn
+
+    config: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False,
+                              "proxy_headers": False, "server_header": False}
+    uvicorn.run(create_app(settings), **config)

@@ -29,6 +29,9 @@ from blogqueue.client import Client
 from blogqueue.settings import Settings
 from blogqueue.testing.processes import BLOGQUEUE_WORKER, WorkerProcess
 
+# HTTP service fixtures (api, make_token) live in their own module.
+pytest_plugins = ["tests.http_fixtures"]
+
 BASE = Settings.from_env()
 TABLES = "bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_tenants, bq_credit_ledger"
 

@@ -1,0 +1,36 @@
+"""Bearer-token authentication and the admin check.
+
+The principal's tenant is put on the request state for the access log; the
+token itself never leaves this module (not logged, not echoed in errors).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from blogqueue import tokens
+from blogqueue.tokens import Principal
+
+from .errors import Forbidden, Unauthorized
+
+
+async def authenticate(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("missing bearer token: send Authorization: Bearer <token>")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be: Bearer <token>")
+    principal = await tokens.verify(request.app.state.client.pool, token.strip())
+    if principal is None:
+        raise Unauthorized("invalid or revoked token")
+    request.state.tenant = principal.tenant_id
+    return principal
+
+
+async def authenticate_admin(request: Request) -> Principal:
+    """Metrics show every tenant's figures, so they need an admin token (403 otherwise)."""
+    principal = await authenticate(request)
+    if not principal.is_admin:
+        raise Forbidden("this endpoint needs an admin token")
+    return principal
