@@ -212,11 +212,14 @@ class WorkerRuntime:
         return row["status"]
 
 
+# Our own database being unreachable for a moment: restarts, terminated backends, a full
+# connection table. Never the job's fault.
 DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.AdminShutdownError,
-             ConnectionError)
+             asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError,
+             ConnectionError, TimeoutError)
 
 
-async def _retrying_db(call: Any, *args: Any, tries: int = 4) -> Any:
+async def _retrying_db(call: Any, *args: Any, tries: int = 6) -> Any:
     """Runs one statement, retrying on a fresh pooled connection when the connection died.
 
     Safe because every statement retried here is conditional on the attempt's state:

@@ -154,15 +154,22 @@ def jain(samples: list[list[int]]) -> float:
 
 
 def fairness_samples(per_tenant: dict[str, list[dict[str, Any]]]) -> list[list[int]]:
-    """In-flight counts per tenant every 50 ms while every tenant still had unfinished work."""
-    spans = {t: [(ts(j["started_at"]), ts(j["finished_at"])) for j in jobs if j["started_at"]]
+    """In-flight counts every 50 ms of the tenants that were backlogged then.
+
+    A tenant is backlogged at t while some of its jobs have not started yet: the
+    dispatcher owes it a share. Samples with fewer than two such tenants say
+    nothing about fairness and are skipped.
+    """
+    spans = {t: [(ts(j["started_at"]) or 1e18, ts(j["finished_at"]) or 1e18) for j in jobs]
              for t, jobs in per_tenant.items()}
-    start = max(min(s for s, _ in v) for v in spans.values())
-    end = min(max(f or 0 for _, f in v) for v in spans.values())
+    start = min(s for v in spans.values() for s, _ in v)
+    end = max(s for v in spans.values() for s, _ in v if s < 1e18)
     samples = []
     t = start
     while t < end:
-        samples.append([sum(1 for s, f in v if s <= t < (f or 1e18)) for v in spans.values()])
+        waiting = [v for v in spans.values() if any(s > t for s, _ in v)]
+        if len(waiting) >= 2:
+            samples.append([sum(1 for s, f in v if s <= t < f) for v in waiting])
         t += 0.05
     return samples
 
