@@ -34,6 +34,7 @@ ROUTES = [
     Route("/v1/batches/{batch_id}", routes_jobs.get_batch, methods=["GET"]),
     Route("/v1/batches/{batch_id}/stop", routes_jobs.stop_batch, methods=["POST"]),
     Route("/v1/stop", routes_jobs.stop_tenant, methods=["POST"]),
+    Route("/v1/credits", routes_jobs.credits, methods=["GET"]),
     # GET /v1/ai-settings and PUT /v1/ai-settings: added by the AI settings issue (routes_ai_settings.py),
     # together with their paths in openapi.py.
     Route("/v1/metrics", metrics.metrics_json, methods=["GET"]),

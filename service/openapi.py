@@ -128,6 +128,14 @@ SCHEMAS: dict[str, Any] = {
                        "properties": {s: COUNT for s in PUBLIC_STATUSES}},
         },
     },
+    "Credits": {
+        "type": "object", "additionalProperties": False,
+        "required": ["tenant_id", "enabled", "balance", "reserved", "granted", "charged"],
+        "properties": {"tenant_id": {"type": "string"}, "enabled": {"type": "boolean"},
+                       "balance": {"type": "integer"}, "reserved": {"type": "integer"},
+                       "granted": {"type": "integer"}, "charged": {"type": "integer"}},
+        "description": "balance is spendable; reserved is held by unfinished jobs",
+    },
     "Stopped": {
         "type": "object", "required": ["cancelled", "stopping"],
         "properties": {"cancelled": COUNT, "stopping": COUNT, "job": _ref("Job")},
@@ -222,6 +230,9 @@ PATHS: dict[str, Any] = {
     }, params=[BATCH_ID])},
     "/v1/stop": {"post": _op("Stop all of the caller's tenant's queued and running jobs", {
         "200": _json(_ref("Stopped"), "stopped"),
+    })},
+    "/v1/credits": {"get": _op("The caller's tenant's credit balance", {
+        "200": _json(_ref("Credits"), "the balance"),
     })},
     # /v1/ai-settings (GET, PUT) is added with the AI settings issue.
     "/v1/metrics": {"get": _op("Operational metrics (admin)", {

@@ -87,3 +87,10 @@ async def stop_tenant(request: Request) -> JSONResponse:
     """Stops the caller's own tenant, admin or not: stopping every tenant is not an HTTP call."""
     principal = await authenticate(request)
     return JSONResponse(await _client(request).stop_tenant(principal.tenant_id))
+
+
+async def credits(request: Request) -> JSONResponse:
+    principal = await authenticate(request)
+    client = _client(request)
+    out = await client.credit_balance(principal.tenant_id)
+    return JSONResponse({**out, "enabled": client.settings.credits_enabled})

@@ -101,3 +101,12 @@ async def test_size_batch_and_depth_limits_hold(api, make_token, pool, settings)
     r = await c.post("/v1/jobs", json={**keyword(1)[0], "metadata": deep})
     assert r.status_code == 422, r.text
     assert await pool.fetchval("SELECT count(*) FROM bq_jobs") == 0
+
+
+async def test_credit_balance_is_the_callers_own(api, make_token, pool, client):  # noqa: F811
+    await client.grant_credits("shop-a", 100)
+    a = await api.client(await make_token("shop-a"))
+    b = await api.client(await make_token("shop-b"))
+    assert (await a.get("/v1/credits")).json()["granted"] == 100
+    assert (await b.get("/v1/credits")).json()["granted"] == 0
+    assert_error(await (await api.client()).get("/v1/credits"), 401, "unauthorized")
