@@ -240,6 +240,11 @@ class Bench:
         return await self.pool.fetchval(
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
 
+    async def backend_pids(self) -> list[int]:
+        """PostgreSQL server processes serving this database right now (all clients)."""
+        rows = await self.pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        return [r["pid"] for r in rows]
+
     def stop_workers(self) -> None:
         for w in self.workers:
             w.terminate(15)
@@ -252,7 +257,7 @@ async def bench_env(**changes: Any) -> AsyncIterator[Bench]:
     base = Settings.from_env()
     with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="bq-bench-") as logdir:
         async with bench_database(base) as url:
-            settings = base.replace(database_url=url, redis_url=redis_url, log_level="WARNING",
+            settings = base.replace(database_url=url, redis_url=redis_url, log_level="INFO",
                                     offline_call_log=None, publisher="none", default_model="offline:template",
                                     max_backlog=1_000_000, max_tenant_backlog=1_000_000, **changes)
             pool = await db.create_pool(settings, max_size=8)

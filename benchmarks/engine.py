@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import re
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,8 @@ from arq.jobs import serialize_job
 TENANTS = 10
 
 
-async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool) -> dict[str, Any]:
-    s = await bench.reset()
+async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **tuning: Any) -> dict[str, Any]:
+    s = await bench.reset(**tuning)
     procs = await bench.start_workers(workers)
     xacts0 = await bench.xact_count()
     spy = _start_profiler(procs[0].pid, bench.logdir) if profile else None
@@ -45,6 +46,7 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool) ->
         await asyncio.sleep(1.0)  # py-spy needs a moment to attach before the load starts
     inflight = Sampler(lambda: bench.pool.fetchval(
         "SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running')"), 0.1).start()
+    pg0 = {pid: proc_cpu_s(pid) for pid in await bench.backend_pids()}
     cpu0, wcpu0 = cpu_times(), sum(proc_cpu_s(p.pid) for p in procs)
     t0 = time.monotonic()
     per = jobs // TENANTS
@@ -53,6 +55,8 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool) ->
     t_enq = time.monotonic()
     t1 = await bench.wait_finished(jobs, timeout=max(120, jobs / 20))
     cpu1, wcpu1 = cpu_times(), sum(proc_cpu_s(p.pid) for p in procs)
+    # Backends opened during the run started from zero; ones closed during it are missed (pools keep theirs).
+    pg_cpu = sum(proc_cpu_s(pid) - pg0.get(pid, 0.0) for pid in await bench.backend_pids())
     xacts1 = await bench.xact_count()
     samples = await inflight.stop()
     done = await bench.count("done")
@@ -60,14 +64,17 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool) ->
         "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS run_s FROM bq_jobs")
     hot = _stop_profiler(spy) if spy else None
     bench.stop_workers()
+    cycles, dispatched = _dispatcher_counts(bench.logdir)
     # The workers' own heartbeats and the benchmark's polling are in this count too: an upper bound.
     return {"system": "blogqueue", "workers": workers, "concurrency": s.worker_concurrency,
             "prefetch": s.dispatch_prefetch, "jobs": jobs, "done": done, "wall_s": t1 - t0,
             "enqueue_s": t_enq - t0, "jobs_per_s": jobs / (t1 - t0),
             "run_jobs_per_s": jobs / span["run_s"] if span["run_s"] else None,
             "pg_xacts_per_job": (xacts1 - xacts0) / jobs,
+            "dispatch_cycles": cycles, "jobs_per_dispatch_cycle": dispatched / cycles if cycles else None,
             "machine_cpu_busy_pct": 100 * (cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]),
             "worker_cpu_ms_per_job": 1000 * (wcpu1 - wcpu0) / jobs,
+            "postgres_cpu_ms_per_job": 1000 * pg_cpu / jobs,
             "mean_inflight": sum(samples) / len(samples) if samples else None,
             "capacity": workers * (s.worker_concurrency + s.dispatch_prefetch), "profile": hot}
 
@@ -105,6 +112,16 @@ async def run_arq(redis_url: str, workers: int, jobs: int) -> dict[str, Any]:
         await redis.aclose()
     return {"system": "arq no-op", "workers": workers, "concurrency": 100, "jobs": jobs, "done": jobs,
             "wall_s": wall, "jobs_per_s": jobs / wall}
+
+
+def _dispatcher_counts(logdir: Path) -> tuple[int, int]:
+    """Cycles and dispatched jobs from the workers' stop lines (only the leader's are non-zero)."""
+    cycles = dispatched = 0
+    for log in logdir.glob("worker-*.log"):
+        for m in re.finditer(r"dispatcher ran (\d+) cycles, dispatched (\d+)", log.read_text(errors="replace")):
+            cycles, dispatched = cycles + int(m.group(1)), dispatched + int(m.group(2))
+        log.unlink()  # the next case starts its own logs
+    return cycles, dispatched
 
 
 def _spawn_arq(redis_url: str, queue: str, health_key: str) -> subprocess.Popen[bytes]:
@@ -164,23 +181,28 @@ async def main() -> None:
     ap.add_argument("--jobs", type=int, default=5000)
     ap.add_argument("--workers", default="1,2", help="comma-separated worker process counts")
     ap.add_argument("--profile", action="store_true", help="py-spy one worker in the largest run")
+    ap.add_argument("--concurrency", type=int, help="WORKER_CONCURRENCY (default: the settings default)")
+    ap.add_argument("--prefetch", type=int, help="DISPATCH_PREFETCH (default: the settings default)")
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
+    tuning = {k: v for k, v in (("worker_concurrency", args.concurrency), ("dispatch_prefetch", args.prefetch))
+              if v is not None}
 
     rows: list[dict[str, Any]] = []
     async with bench_env() as bench:
         for w in counts:
             rows.append(await run_arq(bench.settings.redis_url, w, args.jobs))
-            rows.append(await run_blogqueue(bench, w, args.jobs, args.profile and w == max(counts)))
+            rows.append(await run_blogqueue(bench, w, args.jobs, args.profile and w == max(counts), **tuning))
     arq_rate = {r["workers"]: r["jobs_per_s"] for r in rows if r["system"] == "arq no-op"}
     for r in rows:
         if r["system"] == "blogqueue":
             r["ratio_to_arq"] = r["jobs_per_s"] / arq_rate[r["workers"]]
     table(f"Engine overhead: {args.jobs:,} jobs, offline provider (0 ms), publisher none",
           ["system", "workers", "max_jobs", "wall s", "jobs/s", "vs arq", "PG xacts/job", "CPU busy %",
-           "worker CPU ms/job", "in flight/cap"],
+           "worker CPU ms/job", "PG CPU ms/job", "jobs/cycle", "in flight/cap"],
           [[r["system"], r["workers"], r["concurrency"], r["wall_s"], r["jobs_per_s"], r.get("ratio_to_arq"),
             r.get("pg_xacts_per_job"), r.get("machine_cpu_busy_pct"), r.get("worker_cpu_ms_per_job"),
+            r.get("postgres_cpu_ms_per_job"), r.get("jobs_per_dispatch_cycle"),
             f"{r['mean_inflight']:.1f}/{r['capacity']}" if r.get("mean_inflight") is not None else None]
            for r in rows])
     for r in rows:
