@@ -260,7 +260,7 @@ async def bench_env(**changes: Any) -> AsyncIterator[Bench]:
             settings = base.replace(database_url=url, redis_url=redis_url, log_level="INFO",
                                     offline_call_log=None, publisher="none", default_model="offline:template",
                                     max_backlog=1_000_000, max_tenant_backlog=1_000_000, **changes)
-            pool = await db.create_pool(settings, max_size=8)
+            pool = await db.create_pool(settings, max_size=4)
             bench = Bench(settings, pool, Path(logdir))
             try:
                 yield bench
