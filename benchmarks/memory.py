@@ -36,6 +36,9 @@ async def run(bench: Bench, jobs: int, workers: int, warmup: float) -> dict[str,
         if any(r is None for r in rss):
             raise RuntimeError(f"a worker died; see {bench.logdir}")
         series.append({"t_s": round(time.monotonic() - t0, 1), "done": done, "rss_kb": rss})
+        if len(series) % 15 == 1:
+            print(f"  {series[-1]['t_s']:6.0f} s  {done:>7,} done  RSS MiB: "
+                  + ", ".join(f"{r / 1024:.1f}" for r in rss if r is not None), flush=True)
         if warm is None and done >= warmup * jobs:
             warm = rss
         if done >= jobs:
