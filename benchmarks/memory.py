@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from _harness import Bench, bench_env, rss_kb, table, write_result
@@ -49,9 +50,16 @@ async def run(bench: Bench, jobs: int, workers: int, warmup: float) -> dict[str,
     peak = [max(s["rss_kb"][i] for s in series) for i in range(workers)]
     assert warm is not None
     growth = [100 * (e - w) / w for e, w in zip(end, warm, strict=True)]
+    # A logged traceback loads source files into linecache once (~1 MiB): count them to tell that from a leak.
+    errors = [_errors(bench.logdir / f"worker-{i}.log") for i in range(workers)]
     return {"jobs": jobs, "workers": workers, "warmup_fraction": warmup, "wall_s": wall, "jobs_per_s": jobs / wall,
             "rss_start_kb": start_rss, "rss_warm_kb": warm, "rss_end_kb": end, "rss_peak_kb": peak,
-            "growth_pct": growth, "max_growth_pct": max(growth), "series": series}
+            "growth_pct": growth, "max_growth_pct": max(growth), "worker_errors_logged": errors, "series": series}
+
+
+def _errors(log: Path) -> int:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return sum(1 for line in text.splitlines() if " ERROR " in line)
 
 
 async def main() -> None:
@@ -64,9 +72,9 @@ async def main() -> None:
         r = await run(bench, args.jobs, args.workers, args.warmup)
     table(f"Worker RSS over {r['jobs']:,} jobs ({r['wall_s']:.0f} s, {r['jobs_per_s']:.0f} jobs/s); "
           f"warm = after {args.warmup:.0%} of jobs",
-          ["worker", "start MiB", "warm MiB", "end MiB", "peak MiB", "growth %"],
+          ["worker", "start MiB", "warm MiB", "end MiB", "peak MiB", "growth %", "errors logged"],
           [[i, r["rss_start_kb"][i] / 1024, r["rss_warm_kb"][i] / 1024, r["rss_end_kb"][i] / 1024,
-            r["rss_peak_kb"][i] / 1024, r["growth_pct"][i]] for i in range(r["workers"])])
+            r["rss_peak_kb"][i] / 1024, r["growth_pct"][i], r["worker_errors_logged"][i]] for i in range(r["workers"])])
     verdict = "PASS" if r["max_growth_pct"] < 10 else "FAIL"
     print(f"\nmax growth after warm-up: {r['max_growth_pct']:.1f}% (target < 10%): {verdict}")
     write_result("memory", r)
