@@ -50,3 +50,13 @@ bench-http: services
 clean:
 	$(PY) scripts/services.py --stop || true
 	rm -rf $(VENV) .blogqueue .pytest_cache .ruff_cache
+
+# Benchmarks (DESIGN §8): each prints a table and writes benchmarks/results/<name>.json.
+# `make bench` runs them one after another; `make bench-engine` (etc.) runs one, with BENCH_ARGS.
+BENCHES := engine enqueue fairness memory $(if $(wildcard benchmarks/ratelimit.py),ratelimit)
+
+bench: services
+	@set -e; for b in $(BENCHES); do echo "== benchmarks/$$b.py"; $(LOAD_ENV) $(PY) benchmarks/$$b.py; done
+
+bench-%: services
+	$(LOAD_ENV) $(PY) benchmarks/$*.py $(BENCH_ARGS)

@@ -33,6 +33,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _release_as_is(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (advisory unlock, CLOSE, UNLISTEN, RESET).
+
+    That query is one more round trip and one more transaction on every release,
+    which doubled the database work per job (benchmarks/engine.py). Pool
+    connections never keep session state here: LISTEN and session advisory
+    locks use `connect()`, transaction-scoped locks end with their transaction,
+    and asyncpg still rolls back an open transaction before this runs.
+    """
+
+
 async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None,
                       **connect_kwargs: Any) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
@@ -40,6 +51,7 @@ async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int | 
         min_size=min_size,
         max_size=max_size or settings.db_pool_size,
         init=_init_connection,
+        reset=_release_as_is,
         command_timeout=60,
         **connect_kwargs,
     )

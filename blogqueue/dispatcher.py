@@ -128,10 +128,18 @@ class Dispatcher:
             picked = await conn.fetch(Q["fair_candidates"], free, s.max_inflight_per_tenant, str(self.cycles))
             if not picked:
                 return False
-            rows = await conn.fetch(Q["dispatch"], [r["id"] for r in picked], s.lease_seconds)
+        # Shielded: a shutdown that cancels the dispatcher between the committed UPDATE and
+        # the push would leave attempts marked dispatched that no queue holds until their
+        # lease lapses (and an attempt number spent). The hand-off finishes on its own.
+        handed = await asyncio.shield(self._hand_out([r["id"] for r in picked]))
+        return handed == free
+
+    async def _hand_out(self, ids: list[Any]) -> int:
+        """Marks the picked jobs dispatched and pushes them to arq; returns how many."""
+        rows = await self.pool.fetch(Q["dispatch"], ids, self.settings.lease_seconds)
         await self._push(rows)
         self.dispatched += len(rows)
-        return len(rows) == free
+        return len(rows)
 
     async def _push(self, rows: list[asyncpg.Record]) -> None:
         """Hands attempts to arq in one Redis round trip.

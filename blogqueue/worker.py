@@ -89,7 +89,8 @@ class WorkerRuntime:
                 await self._listen_conn.close(timeout=2)
         with contextlib.suppress(Exception):
             await self.pool.execute(Q["stop_worker"], self.worker_id)
-        log.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done, self.failed)
+        log.info("worker %s stopped: %d done, %d failed; its dispatcher ran %d cycles, dispatched %d",
+                 self.worker_id, self.done, self.failed, self.dispatcher.cycles, self.dispatcher.dispatched)
 
     async def _listen(self) -> None:
         """Stop requests arrive by NOTIFY; heartbeats catch any that were missed."""
