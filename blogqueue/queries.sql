@@ -209,7 +209,7 @@ WITH locked AS (
     SELECT id FROM bq_jobs WHERE id = ANY($1::uuid[]) AND status = 'queued' ORDER BY id FOR UPDATE
 )
 UPDATE bq_jobs j SET status = 'dispatched', attempt = j.attempt + 1,
-    lease_until = now() + make_interval(secs => $2), updated_at = now()
+    lease_until = now() + make_interval(secs => $2), dispatched_at = clock_timestamp(), updated_at = now()
 FROM locked l WHERE j.id = l.id AND j.status = 'queued'
 RETURNING j.id, j.attempt;
 
