@@ -73,6 +73,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "console"
 
+    # Providers, AI settings and the shared rate limiter (issue 5; docs/providers.md).
+    provider_timeout_seconds: float = 60.0
+    rate_limit_max_wait_seconds: float = 30.0
+    secret_key_previous: str | None = field(default=None, repr=False)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
@@ -103,6 +108,8 @@ class Settings:
             ("QUEUE_NAME", bool(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.queue_name)),
              "must be 1-64 characters of letters, digits, _ . : -"),
             ("DEFAULT_MODEL", ":" in self.default_model, "must look like provider:model"),
+            ("PROVIDER_TIMEOUT_SECONDS", self.provider_timeout_seconds > 0, "must be positive"),
+            ("RATE_LIMIT_MAX_WAIT_SECONDS", self.rate_limit_max_wait_seconds >= 0, "must not be negative"),
             ("LOG_FORMAT", self.log_format in ("console", "json"), "must be console or json"),
             ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "must be DEBUG, INFO, WARNING or ERROR"),
@@ -149,6 +156,7 @@ _INT_FIELDS = {
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms",
+    "provider_timeout_seconds", "rate_limit_max_wait_seconds",
 }
 
 
