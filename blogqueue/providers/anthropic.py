@@ -66,7 +66,7 @@ class AnthropicProvider:
             raw = await self.clients.get(api_key).messages.with_raw_response.create(
                 model=request.model, max_tokens=request.max_tokens,
                 messages=[{"role": "user", "content": prompt}], **kwargs)  # type: ignore[arg-type]
-            message = await raw.parse()
+            message = await common.parsed(raw)
         except anthropic.AnthropicError as exc:
             raise self._error(exc, api_key) from None
         if message.stop_reason == "refusal":

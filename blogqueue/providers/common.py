@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..errors import FatalError, JobError, RateLimited, RetryableError
 from .base import RateInfo
@@ -44,6 +45,12 @@ class ClientCache(Generic[C]):
                 self._clients.pop(next(iter(self._clients)))
             client = self._clients[k] = self.factory(api_key)
         return client
+
+
+async def parsed(raw: Any) -> Any:
+    """`with_raw_response` answers parse synchronously in some SDK versions, asynchronously in others."""
+    out = raw.parse()
+    return await out if inspect.isawaitable(out) else out
 
 
 def redact(text: str, api_key: str | None = None) -> str:

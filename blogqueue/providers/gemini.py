@@ -68,7 +68,10 @@ class GeminiProvider:
 
     def _error(self, exc: genai_errors.APIError, api_key: str) -> JobError:
         headers = dict(exc.response.headers) if getattr(exc.response, "headers", None) else {}
-        err = common.from_status(NAME, exc.code, exc.message or str(exc.status), headers, api_key)
+        status = exc.code
+        if status == 400 and "API_KEY_INVALID" in str(exc.details):
+            status = 401  # Google answers a bad key with 400 INVALID_ARGUMENT / API_KEY_INVALID
+        err = common.from_status(NAME, status, exc.message or str(exc.status), headers, api_key)
         if isinstance(err, RateLimited):
             delay = _retry_delay(exc.details)
             if delay is not None:

@@ -51,7 +51,7 @@ class OpenAIProvider:
             raw = await self.clients.get(api_key).chat.completions.with_raw_response.create(
                 model=request.model, messages=messages, max_completion_tokens=request.max_tokens,  # type: ignore[arg-type]
                 **extra)
-            completion = await raw.parse()
+            completion = await common.parsed(raw)
         except openai.OpenAIError as exc:
             raise self._error(exc, api_key) from None
         choice = completion.choices[0]
@@ -72,7 +72,7 @@ class OpenAIProvider:
         try:
             raw = await self.clients.get(api_key).images.with_raw_response.generate(
                 model=model, prompt=request.prompt, size=request.size, n=1)  # type: ignore[arg-type]
-            images = await raw.parse()
+            images = await common.parsed(raw)
         except openai.OpenAIError as exc:
             raise self._error(exc, api_key) from None
         if not images.data or not (images.data[0].url or images.data[0].b64_json):

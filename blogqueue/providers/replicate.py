@@ -65,7 +65,10 @@ class ReplicateProvider:
         except TimeoutError:
             raise common.timeout_error(NAME, self.timeout) from None
         except ReplicateError as exc:
-            raise common.from_status(NAME, exc.status, exc.detail or exc.title or "", None, api_key) from None
+            # The SDK drops the response headers; Replicate states the wait in the detail text.
+            m = re.search(r"available in (\d+(?:\.\d+)?) second", exc.detail or "")
+            headers = {"retry-after": m.group(1)} if m else None
+            raise common.from_status(NAME, exc.status, exc.detail or exc.title or "", headers, api_key) from None
         except ModelError as exc:
             raise self._failed(str(exc), api_key) from None
         except httpx.TimeoutException:
