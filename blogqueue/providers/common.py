@@ -136,7 +136,7 @@ def from_status(provider: str, status: int | None, message: str, headers: Mappin
     if refused:
         return FatalError(f"{provider} refused the request under its content policy: {msg}",
                           code="content_refused")
-    if status is not None and status in (408, 409) or (status is not None and status >= 500):
+    if (status is not None and status in (408, 409)) or (status is not None and status >= 500):
         return RetryableError(f"{provider} had a server error ({status}): {msg}", code="provider_error")
     if status == 404:
         return FatalError(f"{provider} does not know this model (404): {msg}", code="invalid_model")

@@ -47,8 +47,8 @@ class FakeAnthropic(FakeServer):
                                                                        time.gmtime(time.time() + 1))}
         if fault == "429":
             self.record(path, 429)
-            return JSONResponse({"type": "error", "error": {"type": "rate_limit_error",
-                                                            "message": "Number of requests has exceeded your rate limit"}},
+            error = {"type": "rate_limit_error", "message": "Number of requests has exceeded your rate limit"}
+            return JSONResponse({"type": "error", "error": error},
                                 status_code=429, headers={"retry-after": str(int(self.faults.retry_after_s))})
         if fault in ERRORS:
             status, typ, msg = ERRORS[fault]

@@ -37,7 +37,7 @@ class FakeGemini(FakeServer):
         return [Route("/{version:str}/models/{rest:path}", self._generate, methods=["POST"])]
 
     async def _generate(self, request: Request) -> Response:
-        model, _, method = request.path_params["rest"].partition(":")
+        model = request.path_params["rest"].partition(":")[0]
         body = await request.json()
         path = request.url.path
         fault = await self.misbehave(request.headers.get("x-goog-api-key"))
@@ -62,7 +62,8 @@ class FakeGemini(FakeServer):
         if "[refuse]" in prompt or fault == "refuse":
             self.record(path, 200, prompt_tokens)
             return JSONResponse({"promptFeedback": {"blockReason": "SAFETY"},
-                                 "usageMetadata": {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens}})
+                                 "usageMetadata": {"promptTokenCount": prompt_tokens,
+                                                   "totalTokenCount": prompt_tokens}})
         limit = int((body.get("generationConfig") or {}).get("maxOutputTokens") or 8192)
         out = min(limit, self.completion_tokens)
         self.record(path, 200, prompt_tokens + out)
