@@ -25,6 +25,7 @@ and point `BLOGQUEUE_OPENAI_BASE_URL` at http://127.0.0.1:8100/v1.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import threading
@@ -201,8 +202,9 @@ class FakeOpenAI(FakeServer):
             else:
                 ok, wait, entry = window.admit(now, estimate)
             headers = window.headers(now)
+        kh = hashlib.sha256((key or "").encode()).hexdigest()[:12]
         if not ok:
-            self.record(path, 429)
+            self.record(path, 429, key=kh)
             headers |= {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(math.ceil(wait * 1000))}
             what = "tokens" if self.tpm is not None and estimate and fault != "429" else "requests"
             return JSONResponse(
@@ -216,8 +218,17 @@ class FakeOpenAI(FakeServer):
         assert entry is not None
         with self._wlock:
             window.settle(entry, used)
-        self.record(path, 200, used)
+        self.record(path, 200, used, key=kh)
         return JSONResponse(payload, headers=headers)
+
+    def calls_by_key(self) -> dict[str, int]:
+        """Admitted calls by key (first 12 hex digits of the key's SHA-256)."""
+        with self.lock:
+            out: dict[str, int] = {}
+            for c in self.calls:
+                if c["status"] == 200:
+                    out[c["key"]] = out.get(c["key"], 0) + 1
+            return out
 
 
 def _content_text(content: Any) -> str:
