@@ -97,9 +97,7 @@ if not redis.call('ZSCORE', wq, id) then
   first = true
 end
 redis.call('ZADD', wseen, now, id)
-local wait = 0
 local paused = tonumber(redis.call('HGET', st, 'paused_until') or '0')
-if paused > now then wait = paused - now end
 local rank = redis.call('ZRANK', wq, id)
 local ahead_tok = 0
 if rank > 0 then
@@ -107,41 +105,50 @@ if rank > 0 then
     ahead_tok = ahead_tok + (tonumber(redis.call('HGET', west, m)) or 0)
   end
 end
-if wait == 0 and rpm >= 0 and count + rank + 1 > rpm then
-  local need = count + rank + 1 - rpm
-  if need > count then wait = 0.05
-  else
-    local e = redis.call('ZRANGE', log, need - 1, need - 1, 'WITHSCORES')
-    wait = tonumber(e[2]) + window - now
-  end
-end
-if wait == 0 and tpm >= 0 and tokens + ahead_tok + est > tpm then
-  local need, freed = tokens + ahead_tok + est - tpm, 0
-  wait = window
-  for i, m in ipairs(redis.call('ZRANGE', log, 0, -1)) do
-    freed = freed + (tonumber(redis.call('HGET', tok, m)) or 0)
-    if freed >= need then
-      wait = tonumber(redis.call('ZSCORE', log, m)) + window - now
-      break
-    end
-  end
-end
 local grants = tonumber(redis.call('HGET', st, 'grants') or '0')
 local tgrants = tonumber(redis.call('HGET', st, 'tgrants') or '0')
-if wait == 0 then
-  local until_r = tonumber(redis.call('HGET', st, 'hdr_req_until') or '0')
-  if until_r > now and grants + rank + 1 > tonumber(redis.call('HGET', st, 'hdr_req_cap')) then
-    wait = until_r - now
+-- How long until there is room for this call after `ahead_n` calls of `ahead_t` tokens.
+local function wait_for(ahead_n, ahead_t)
+  local w = 0
+  if paused > now then w = paused - now end
+  if w == 0 and rpm >= 0 and count + ahead_n + 1 > rpm then
+    local need = count + ahead_n + 1 - rpm
+    if need > count then w = 0.05
+    else
+      local e = redis.call('ZRANGE', log, need - 1, need - 1, 'WITHSCORES')
+      w = tonumber(e[2]) + window - now
+    end
   end
-  local until_t = tonumber(redis.call('HGET', st, 'hdr_tok_until') or '0')
-  if until_t > now and tgrants + ahead_tok + est > tonumber(redis.call('HGET', st, 'hdr_tok_cap')) then
-    wait = math.max(wait, until_t - now)
+  if w == 0 and tpm >= 0 and tokens + ahead_t + est > tpm then
+    local need, freed = tokens + ahead_t + est - tpm, 0
+    w = window
+    for i, m in ipairs(redis.call('ZRANGE', log, 0, -1)) do
+      freed = freed + (tonumber(redis.call('HGET', tok, m)) or 0)
+      if freed >= need then
+        w = tonumber(redis.call('ZSCORE', log, m)) + window - now
+        break
+      end
+    end
   end
+  if w == 0 then
+    local until_r = tonumber(redis.call('HGET', st, 'hdr_req_until') or '0')
+    if until_r > now and grants + ahead_n + 1 > tonumber(redis.call('HGET', st, 'hdr_req_cap')) then
+      w = until_r - now
+    end
+    local until_t = tonumber(redis.call('HGET', st, 'hdr_tok_until') or '0')
+    if until_t > now and tgrants + ahead_t + est > tonumber(redis.call('HGET', st, 'hdr_tok_cap')) then
+      w = math.max(w, until_t - now)
+    end
+  end
+  return w
 end
+local wait = wait_for(rank, ahead_tok)
 if wait > 0 then
   if first then redis.call('HINCRBY', st, 'waits', 1) end
   for i, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
-  return {0, tostring(math.max(wait, MIN_WAIT)), 0, 0, 0, 0}
+  -- The second figure ignores the line ahead: it decides whether the wait is past the bound
+  -- (reservations ahead shrink when reconciled, so the line's own estimate is pessimistic).
+  return {0, tostring(math.max(wait, MIN_WAIT)), tostring(wait_for(0, 0)), 0, 0, 0}
 end
 redis.call('ZREM', wq, id); redis.call('HDEL', west, id); redis.call('ZREM', wseen, id)
 redis.call('ZADD', log, now, id)
@@ -262,10 +269,11 @@ class Bucket:
                     -1 if lim.tpm is None else lim.tpm, STALE_WAITER_S, int(WINDOW_S * 10)])
                 if int(out[0]) == 1:
                     return Grant(self, call_id, int(out[2]), float(out[3]), int(out[4]), float(out[5]))
-                wait = float(out[1])
-                if time.monotonic() + wait > deadline:
+                wait, own_wait = float(out[1]), float(out[2])
+                if time.monotonic() + own_wait > deadline or time.monotonic() > deadline:
+                    later = max(own_wait, MIN_POLL_S)
                     raise RateLimited(f"{self.provider} rate limit: the shared bucket is full for about "
-                                      f"{math.ceil(wait)} s; the job will continue then", retry_after=wait)
+                                      f"{math.ceil(later)} s; the job will continue then", retry_after=later)
                 # Poll well inside the stale-ticket horizon so a live waiter never loses its place.
                 await asyncio.sleep(min(max(wait, MIN_POLL_S), MAX_POLL_S))
         except BaseException:
