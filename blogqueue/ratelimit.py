@@ -74,6 +74,8 @@ if #old > 0 then
   redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
   redis.call('HINCRBYFLOAT', st, 'tokens', -sum)
 end
+-- In-flight calls older than the window no longer hold anything (a killed caller never settles).
+redis.call('ZREMRANGEBYSCORE', KEYS[3] .. ':inf', '-inf', now - window)
 local count = redis.call('ZCARD', log)
 local tokens = tonumber(redis.call('HGET', st, 'tokens') or '0')
 if count == 0 then tokens = 0; redis.call('HSET', st, 'tokens', 0) end
@@ -83,6 +85,7 @@ if count == 0 then tokens = 0; redis.call('HSET', st, 'tokens', 0) end
 # ARGV: window, id, est, rpm (-1 none), tpm (-1 none), stale_s, ttl_s
 ACQUIRE = _EXPIRE + """
 local wq, west, wseen = KEYS[4], KEYS[5], KEYS[6]
+local inf = st .. ':inf'
 local id, est, rpm, tpm = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local stale, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 redis.call('HSET', st, 'rpm', rpm, 'tpm', tpm)
@@ -120,13 +123,25 @@ local function wait_for(ahead_n, ahead_t)
     end
   end
   if w == 0 and tpm >= 0 and tokens + ahead_t + est > tpm then
-    local need, freed = tokens + ahead_t + est - tpm, 0
-    w = window
-    for i, m in ipairs(redis.call('ZRANGE', log, 0, -1)) do
-      freed = freed + (tonumber(redis.call('HGET', tok, m)) or 0)
-      if freed >= need then
-        w = tonumber(redis.call('ZSCORE', log, m)) + window - now
-        break
+    -- Reservations of calls still in flight shrink to their real usage when they settle:
+    -- if that alone could make room, poll soon instead of waiting for the window.
+    local flying = 0
+    for i, m in ipairs(redis.call('ZRANGE', inf, 0, -1)) do
+      flying = flying + (tonumber(redis.call('HGET', tok, m)) or 0)
+    end
+    local need = tokens - flying + ahead_t + est - tpm
+    if need <= 0 then w = 0.1
+    else
+      local freed = 0
+      w = window
+      for i, m in ipairs(redis.call('ZRANGE', log, 0, -1)) do
+        if not redis.call('ZSCORE', inf, m) then
+          freed = freed + (tonumber(redis.call('HGET', tok, m)) or 0)
+          if freed >= need then
+            w = tonumber(redis.call('ZSCORE', log, m)) + window - now
+            break
+          end
+        end
       end
     end
   end
@@ -152,11 +167,13 @@ if wait > 0 then
 end
 redis.call('ZREM', wq, id); redis.call('HDEL', west, id); redis.call('ZREM', wseen, id)
 redis.call('ZADD', log, now, id)
+redis.call('ZADD', inf, now, id)
 redis.call('HSET', tok, id, est)
 redis.call('HINCRBYFLOAT', st, 'tokens', est)
 grants = redis.call('HINCRBY', st, 'grants', 1)
 tgrants = tonumber(redis.call('HINCRBYFLOAT', st, 'tgrants', est))
 for i, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
+redis.call('EXPIRE', inf, ttl)
 local belief_r, belief_t = -1, -1
 if rpm >= 0 then belief_r = rpm - count - 1 end
 if tpm >= 0 then belief_t = tpm - tokens - est end
@@ -170,6 +187,7 @@ SETTLE = _EXPIRE + """
 local id, used, pause = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local rem_r, reset_r, rem_t, reset_t = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local g, tg, belief_r, belief_t = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+redis.call('ZREM', st .. ':inf', id)
 if redis.call('ZSCORE', log, id) then
   local old = tonumber(redis.call('HGET', tok, id) or '0')
   local new = old
