@@ -92,7 +92,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                          openai_api_key="sk-bench-platform-key-000000", openai_base_url=fake.base_url,
                          rate_limits={"openai": RateLimit(rpm=args.rpm, tpm=args.tpm)},
                          worker_concurrency=args.concurrency, max_inflight_per_tenant=1000,
-                         max_tenant_backlog=100_000, log_level="WARNING")
+                         max_tenant_backlog=100_000, log_level="WARNING",
+                         rate_limit_max_wait_seconds=args.max_wait)
         await db.migrate(s)
         procs = [WorkerProcess(s, Path(tmp) / f"worker-{i}.log").start() for i in range(args.workers)]
         pool = await db.create_pool(s)
@@ -120,7 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "jobs": args.jobs, "workers": args.workers, "concurrency": args.concurrency,
             "rpm": args.rpm, "tpm": args.tpm, "latency_ms": args.latency_ms,
-            "completion_tokens": args.completion_tokens,
+            "completion_tokens": args.completion_tokens, "max_wait_s": args.max_wait,
             "done": batch["counts"]["done"], "failed": batch["counts"]["failed"], "failures": failures,
             "elapsed_s": round(elapsed, 1), "jobs_per_s": round(args.jobs / elapsed, 2),
             "calls": stats["calls"], "fake_429s": stats["rate_limited"],
@@ -148,6 +149,7 @@ def table(res: dict[str, Any]) -> str:
         ("jobs (done / failed)", f"{res['jobs']} ({res['done']} / {res['failed']})"),
         ("worker processes x concurrency", f"{res['workers']} x {res['concurrency']}"),
         ("limits", f"RPM {res['rpm']}, TPM {res['tpm']:,}"),
+        ("RATE_LIMIT_MAX_WAIT_SECONDS", f"{res['max_wait_s']:g}"),
         ("elapsed", f"{res['elapsed_s']} s ({res['jobs_per_s']} jobs/s)"),
         ("provider calls / 429s at the fake", f"{res['calls']} / {res['fake_429s']}"),
         ("attempts used by failures", str(res["failures"])),
@@ -173,6 +175,8 @@ def main() -> None:
     p.add_argument("--tpm", type=int, default=60_000)
     p.add_argument("--completion-tokens", type=int, default=150)
     p.add_argument("--latency-ms", type=float, default=50.0)
+    # The product default; waits past it go back to the engine (rescheduled, no attempt used).
+    p.add_argument("--max-wait", type=float, default=30.0)
     args = p.parse_args()
     res = asyncio.run(run(args))
     print(table(res))

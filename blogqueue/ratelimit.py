@@ -122,7 +122,8 @@ local function wait_for(ahead_n, ahead_t)
       w = tonumber(e[2]) + window - now
     end
   end
-  if w == 0 and tpm >= 0 and tokens + ahead_t + est > tpm then
+  -- A call without tokens (an image) takes nothing the token line ahead is waiting for.
+  if w == 0 and tpm >= 0 and est > 0 and tokens + ahead_t + est > tpm then
     -- Reservations of calls still in flight shrink to their real usage when they settle:
     -- if that alone could make room, poll soon instead of waiting for the window.
     local flying = 0
@@ -151,7 +152,7 @@ local function wait_for(ahead_n, ahead_t)
       w = until_r - now
     end
     local until_t = tonumber(redis.call('HGET', st, 'hdr_tok_until') or '0')
-    if until_t > now and tgrants + ahead_t + est > tonumber(redis.call('HGET', st, 'hdr_tok_cap')) then
+    if until_t > now and est > 0 and tgrants + ahead_t + est > tonumber(redis.call('HGET', st, 'hdr_tok_cap')) then
       w = math.max(w, until_t - now)
     end
   end

@@ -125,3 +125,11 @@ def test_ciphertext_is_bound_to_its_owner(settings):
                                          ("AIzaSyabcdefghijkl9876", "AI…9876"), ("shortkey", "…")])
 def test_mask(key, masked):
     assert secrets.mask(key) == masked
+
+
+@pytest.mark.parametrize("model", ["mystery:x", "openai:llama-3", "anthropic:gpt-4o", "replicate:flux"])
+async def test_unknown_models_are_refused_at_enqueue(client, pool, model):
+    with pytest.raises(InvalidInput) as info:
+        await client.enqueue("shop-m", {"source": {"type": "keyword", "keyword": "tea"}, "model": model})
+    assert info.value.status == 422 and info.value.details == {"field": "job.model"}
+    assert await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE tenant_id = 'shop-m'") == 0
