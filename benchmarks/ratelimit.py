@@ -57,10 +57,10 @@ def _redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("redis-server did not start")
 
 
-def windows(calls: list[dict[str, Any]], step: float = 0.5) -> dict[str, float]:
-    """Mean and minimum, over every full rolling minute of the run, of requests and tokens admitted."""
+def windows(calls: list[dict[str, Any]], until: float | None = None, step: float = 0.5) -> dict[str, float]:
+    """Mean, min and max, over every full rolling minute of the run ending by `until`, of what was admitted."""
     ok = sorted((c["at"], c["tokens"]) for c in calls if c["status"] == 200)
-    t0, t1 = ok[0][0], ok[-1][0]
+    t0, t1 = ok[0][0], min(ok[-1][0], until or ok[-1][0])
     req, tok = [], []
     t = t0
     while t + 60 <= t1 + 1e-9:
@@ -99,10 +99,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pool = await db.create_pool(s)
         client = Client(s, pool)
         jobs = [{"source": {"type": "keyword", "keyword": f"topic {i}"}} for i in range(args.jobs)]
+        r = aioredis.Redis.from_url(redis_url)
         start = time.time()
         out = await client.enqueue("bench-tenant", jobs)
+        backlog_until = start
         while True:
             batch = await client.get_batch(out["batch_id"])
+            buckets = await ratelimit.bucket_stats(r, s)
+            # Work is waiting for the limit while jobs are not yet started or are in the bucket's line.
+            if batch["counts"]["queued"] + batch["counts"]["retrying"] or any(b["waiting"] for b in buckets):
+                backlog_until = time.time()
             done = batch["counts"]["done"]
             print(f"\r{done}/{args.jobs} done, fake 429s: {fake.stats()['rate_limited']}   ", end="", flush=True)
             if batch["finished"]:
@@ -111,13 +117,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.time() - start
         print()
         failures = await pool.fetchval("SELECT sum(failures) FROM bq_jobs")
-        r = aioredis.Redis.from_url(redis_url)
+        retry_errors = {r["e"]: r["n"] for r in await pool.fetch(
+            "SELECT detail->>'error' AS e, count(*) AS n FROM bq_job_events WHERE event = 'retry_scheduled' "
+            "GROUP BY 1")}
         bucket = (await ratelimit.bucket_stats(r, s))[0]
         await r.aclose()
         await pool.close()
-        stats, w = fake.stats(), windows(fake.calls)
+        stats, w, wb = fake.stats(), windows(fake.calls), windows(fake.calls, until=backlog_until)
         util_r, util_t = w["req_mean"] / args.rpm, w["tok_mean"] / args.tpm
         binding = "tpm" if util_t >= util_r else "rpm"
+        lim = args.tpm if binding == "tpm" else args.rpm
+        util_backlog = (wb["tok_mean"] if binding == "tpm" else wb["req_mean"]) / lim
         return {
             "jobs": args.jobs, "workers": args.workers, "concurrency": args.concurrency,
             "rpm": args.rpm, "tpm": args.tpm, "latency_ms": args.latency_ms,
@@ -130,7 +140,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "tpm_used_mean": round(w["tok_mean"]), "tpm_used_max": w["tok_max"],
             "utilisation_rpm": round(util_r, 4), "utilisation_tpm": round(util_t, 4),
             "binding_limit": binding, "utilisation_binding": round(max(util_r, util_t), 4),
+            "backlogged_s": round(backlog_until - start, 1), "backlogged_minutes_measured": wb["windows"],
+            "utilisation_binding_backlogged": round(util_backlog, 4),
             "limiter_waits": bucket["waits"], "limiter_429s": bucket["rate_limited_429"],
+            "retry_errors": retry_errors,
         }
     finally:
         for p in procs:
@@ -157,7 +170,9 @@ def table(res: dict[str, Any]) -> str:
         ("requests per minute (mean, max)", f"{res['rpm_used_mean']}, {res['rpm_used_max']}"),
         ("tokens per minute (mean, max)", f"{res['tpm_used_mean']:,}, {res['tpm_used_max']:,}"),
         ("utilisation RPM / TPM", f"{res['utilisation_rpm']:.1%} / {res['utilisation_tpm']:.1%}"),
-        ("binding limit utilisation", f"{res['binding_limit'].upper()} {res['utilisation_binding']:.1%}"),
+        ("binding limit utilisation, whole run", f"{res['binding_limit'].upper()} {res['utilisation_binding']:.1%}"),
+        ("  while work was waiting (first s)",
+         f"{res['utilisation_binding_backlogged']:.1%} ({res['backlogged_s']} s)"),
         ("limiter waits", str(res["limiter_waits"])),
     ]
     width = max(len(k) for k, _ in rows)
