@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ENV_FILE := .blogqueue/env
 LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 
-.PHONY: install services migrate test chaos lint demo bench bench-http worker serve clean
+.PHONY: install services migrate test chaos lint demo bench bench-http bench-ratelimit worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: services
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Provider-limit utilisation: 4 workers vs the OpenAI fake at RPM 600 / TPM 60,000 (docs/providers.md).
+bench-ratelimit: services
+	$(LOAD_ENV) $(PY) benchmarks/ratelimit.py
 
 worker: migrate
 	$(LOAD_ENV) $(VENV)/bin/blogqueue worker

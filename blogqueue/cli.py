@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_revoke.add_argument("token_id")
     t_list = token_sub.add_parser("list", help="a tenant's tokens, without secrets")
     t_list.add_argument("--tenant", required=True)
+    keys = sub.add_parser("keys", help="stored provider keys")
+    keys.add_argument("action", choices=["rotate"],
+                      help="re-encrypt every stored key under SECRET_KEY (reads SECRET_KEY_PREVIOUS)")
     args = parser.parse_args(argv)
 
     try:
@@ -74,11 +77,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .tokens_cli import run as run_tokens
 
         return asyncio.run(run_tokens(settings, args))
+    if args.command == "keys":
+        return asyncio.run(_rotate_keys(settings))
     if args.command in ("enqueue", "status", "credits"):
         if args.command == "enqueue":
             args.body = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         return asyncio.run(_client_command(settings, args))
     return 2
+
+
+async def _rotate_keys(settings: Settings) -> int:
+    from . import aisettings, db
+
+    if not settings.secret_key:
+        print("blogqueue: BLOGQUEUE_SECRET_KEY must be set to rotate keys", file=sys.stderr)
+        return 2
+    pool = await db.create_pool(settings)
+    try:
+        counts = await aisettings.rotate(pool, settings)
+    finally:
+        await pool.close()
+    print(json.dumps(counts))
+    return 1 if counts["unreadable"] else 0
 
 
 async def _client_command(settings: Settings, args: argparse.Namespace) -> int:

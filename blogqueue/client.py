@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from . import credits, db
+from . import aisettings, credits, db
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
 from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job
@@ -248,6 +248,26 @@ class Client:
             if stopping:
                 await conn.execute(Q["notify_cancel"], "check")
         return {"cancelled": len(rows) - stopping, "stopping": stopping}
+
+
+    # -- AI settings -----------------------------------------------------------
+
+    async def get_ai_settings(self, tenant_id: str, user_id: str | None = None) -> dict[str, Any]:
+        """The user's preferred model and stored provider keys, masked (`sk-…abcd`)."""
+        _check_tenant(tenant_id)
+        _check_user(user_id)
+        return await aisettings.get(self.pool, tenant_id, user_id)
+
+    async def put_ai_settings(self, tenant_id: str, user_id: str | None, body: Any) -> dict[str, Any]:
+        """Sets the preferred model and/or stores (encrypted) or deletes keys; see blogqueue.aisettings."""
+        _check_tenant(tenant_id)
+        _check_user(user_id)
+        return await aisettings.put(self.pool, self.settings, tenant_id, user_id, body)
+
+
+def _check_user(user_id: str | None) -> None:
+    if user_id is not None and (not isinstance(user_id, str) or not 0 < len(user_id) <= 200):
+        raise InvalidInput("user_id must be a string of 1 to 200 characters", details={"field": "user_id"})
 
 
 def _check_tenant(tenant_id: str) -> None:

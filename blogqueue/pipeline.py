@@ -15,10 +15,10 @@ from typing import Any
 
 import asyncpg
 
-from . import prompts, providers, publishers, sources
+from . import prompts, providers, publishers, ratelimit, sources
 from .db import Q
 from .errors import FatalError
-from .providers import CallContext, ImageRequest, TextRequest, TextResult
+from .providers import CallContext, ImageRequest, ImageResult, TextRequest, TextResult
 from .resolve import Resolved, resolve
 from .settings import Settings
 
@@ -56,15 +56,26 @@ class Run:
     async def text(self, system: str, prompt: str, *, max_tokens: int = 1500,
                    json_output: bool = False) -> TextResult:
         r = await self.resolved()
-        provider = providers.build(r.provider, self.settings)
+        provider = providers.get(r.provider, self.settings)
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
-        return await provider.generate_text(request, r.api_key, self.ctx())
+        ctx = self.ctx()
+        if r.provider == "offline":  # network-free: no bucket, its simulated 429s go straight to the engine
+            return await provider.generate_text(request, r.api_key, ctx)
+        est = ratelimit.estimate_tokens(system, prompt, max_tokens=max_tokens)
+        return await ratelimit.limiter(self.settings).call(
+            r.provider, r.api_key, est, lambda: provider.generate_text(request, r.api_key, ctx),
+            used=lambda res: res.total_tokens, info=lambda res: res.limits)
 
     async def image(self, prompt: str) -> str:
         r = await self.resolved()
-        provider = providers.build(r.provider, self.settings)
-        result = await provider.generate_image(ImageRequest(model=r.model, prompt=prompt), r.api_key, self.ctx())
+        provider = providers.get(r.provider, self.settings)
+        request, ctx = ImageRequest(model=r.model, prompt=prompt), self.ctx()
+        if r.provider == "offline":
+            return (await provider.generate_image(request, r.api_key, ctx)).url
+        result: ImageResult = await ratelimit.limiter(self.settings).call(
+            r.provider, r.api_key, 0, lambda: provider.generate_image(request, r.api_key, ctx),
+            used=lambda res: 0, info=lambda res: res.limits)
         return result.url
 
 

@@ -422,3 +422,40 @@ FROM bq_jobs WHERE status = 'queued';
 SELECT id, hostname, pid, concurrency, in_flight, jobs_done, jobs_failed, is_leader,
        extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s, started_at
 FROM bq_workers WHERE queue_name = $1 AND stopped_at IS NULL ORDER BY started_at, id;
+-- name: ai_settings_get
+-- One user's AI settings: preferred model and the masked keys ($1 tenant, $2 user or '').
+SELECT s.preferred_model, s.updated_at,
+       coalesce((SELECT jsonb_object_agg(k.provider, jsonb_build_object('masked', k.masked,
+                        'updated_at', k.updated_at))
+                 FROM bq_provider_keys k WHERE k.tenant_id = $1 AND k.user_id = $2), '{}'::jsonb) AS keys
+FROM (SELECT $1::text AS tenant_id, $2::text AS user_id) who
+LEFT JOIN bq_ai_settings s USING (tenant_id, user_id);
+
+-- name: ai_settings_put_model
+INSERT INTO bq_ai_settings (tenant_id, user_id, preferred_model) VALUES ($1, $2, $3)
+ON CONFLICT (tenant_id, user_id) DO UPDATE SET preferred_model = EXCLUDED.preferred_model, updated_at = now();
+
+-- name: ai_settings_touch
+INSERT INTO bq_ai_settings (tenant_id, user_id) VALUES ($1, $2)
+ON CONFLICT (tenant_id, user_id) DO UPDATE SET updated_at = now();
+
+-- name: provider_key_put
+INSERT INTO bq_provider_keys (tenant_id, user_id, provider, ciphertext, masked) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id, user_id, provider) DO UPDATE
+SET ciphertext = EXCLUDED.ciphertext, masked = EXCLUDED.masked, updated_at = now();
+
+-- name: provider_key_delete
+DELETE FROM bq_provider_keys WHERE tenant_id = $1 AND user_id = $2 AND provider = $3;
+
+-- name: ai_resolve
+-- What a job's resolution needs: the user's preferred model and stored keys (ciphertexts by provider).
+SELECT (SELECT preferred_model FROM bq_ai_settings WHERE tenant_id = $1 AND user_id = $2) AS preferred_model,
+       coalesce((SELECT jsonb_object_agg(provider, ciphertext) FROM bq_provider_keys
+                 WHERE tenant_id = $1 AND user_id = $2), '{}'::jsonb) AS keys;
+
+-- name: provider_keys_all
+SELECT tenant_id, user_id, provider, ciphertext FROM bq_provider_keys ORDER BY tenant_id, user_id, provider;
+
+-- name: provider_key_recipher
+UPDATE bq_provider_keys SET ciphertext = $5 WHERE tenant_id = $1 AND user_id = $2 AND provider = $3
+    AND ciphertext = $4;

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from . import providers
+from . import aisettings, providers, secrets
 from .errors import FatalError
 from .settings import Settings
 
@@ -36,7 +36,8 @@ class Resolved:
 
 
 async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool) -> Resolved:
-    model = job.get("model") or settings.default_model
+    preferred, stored = await aisettings.stored(pool, job["tenant_id"], job.get("user_id"))
+    model = job.get("model") or preferred or settings.default_model
     try:
         providers.validate_model(model)
     except ValueError as exc:
@@ -44,6 +45,13 @@ async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool) -
     provider, name = providers.split_model(model)
     if provider == "offline":
         return Resolved(provider, name)
+    if provider in stored:
+        who = aisettings.owner(job["tenant_id"], job.get("user_id"), provider)
+        try:
+            return Resolved(provider, name, secrets.decrypt(settings, stored[provider], who))
+        except (secrets.DecryptError, secrets.SecretKeyMissing):
+            raise FatalError(f"your stored {provider} key cannot be read on this server (its SECRET_KEY "
+                             f"changed): store the key again in your AI settings", code="bad_api_key") from None
     key = getattr(settings, PLATFORM_KEYS.get(provider, ""), None)
     if not key:
         raise FatalError(f"no API key for {provider}: add one in your AI settings or ask the operator "

@@ -90,6 +90,11 @@ class Settings:
     credits_enabled: bool = False
     credit_costs: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_CREDIT_COSTS))
 
+    # Providers, AI settings and the shared rate limiter (issue 5; docs/providers.md).
+    provider_timeout_seconds: float = 60.0
+    rate_limit_max_wait_seconds: float = 30.0
+    secret_key_previous: str | None = field(default=None, repr=False)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
@@ -120,6 +125,8 @@ class Settings:
             ("QUEUE_NAME", bool(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.queue_name)),
              "must be 1-64 characters of letters, digits, _ . : -"),
             ("DEFAULT_MODEL", ":" in self.default_model, "must look like provider:model"),
+            ("PROVIDER_TIMEOUT_SECONDS", self.provider_timeout_seconds > 0, "must be positive"),
+            ("RATE_LIMIT_MAX_WAIT_SECONDS", self.rate_limit_max_wait_seconds >= 0, "must not be negative"),
             ("LOG_FORMAT", self.log_format in ("console", "json"), "must be console or json"),
             ("MAX_BODY_BYTES", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("MAX_JSON_DEPTH", 4 <= self.max_json_depth <= 500, "must be from 4 to 500"),
@@ -180,7 +187,7 @@ _INT_FIELDS = {
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
-    "ready_timeout_seconds",
+    "ready_timeout_seconds", "provider_timeout_seconds", "rate_limit_max_wait_seconds",
 }
 
 

@@ -33,7 +33,8 @@ from blogqueue.testing.processes import BLOGQUEUE_WORKER, WorkerProcess
 pytest_plugins = ["tests.http_fixtures"]
 
 BASE = Settings.from_env()
-TABLES = "bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_tenants, bq_credit_ledger"
+TABLES = ("bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_tenants, bq_credit_ledger, "
+          "bq_tokens, bq_ai_settings, bq_provider_keys")
 
 
 def _with_db(url: str, name: str) -> str:

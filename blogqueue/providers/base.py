@@ -31,6 +31,7 @@ class TextResult:
     model: str
     prompt_tokens: int
     completion_tokens: int
+    limits: RateInfo | None = None  # the provider's rate-limit headers, for the shared limiter
 
     @property
     def total_tokens(self) -> int:
@@ -48,6 +49,7 @@ class ImageRequest:
 class ImageResult:
     url: str
     model: str
+    limits: RateInfo | None = None
 
 
 class Provider(Protocol):
@@ -60,3 +62,13 @@ class Provider(Protocol):
 
     async def generate_image(self, request: ImageRequest, api_key: str | None,
                              ctx: CallContext) -> ImageResult: ...
+
+
+@dataclass(frozen=True)
+class RateInfo:
+    """What a provider's rate-limit headers said after a call (None: not sent)."""
+
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None

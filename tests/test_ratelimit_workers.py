@@ -1,0 +1,177 @@
+"""The limiter with real worker processes against the OpenAI fake: zero 429s, 429 storms, shared buckets,
+and a stored key that never leaks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from blogqueue import ratelimit
+from blogqueue.settings import RateLimit
+from blogqueue.testing.fake_openai import FakeOpenAI
+
+from .conftest import keyword_jobs, wait_until
+
+PLATFORM_KEY = "sk-platform-PLATFORMKEY-000000000001"
+OWN_KEY = "sk-proj-TENANTOWNKEY-9999999999zz"
+
+
+@pytest.fixture
+def fake():
+    server = FakeOpenAI(rpm=600, tpm=60_000, completion_tokens=450).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(settings):
+    r = aioredis.Redis.from_url(settings.redis_url)
+    yield r
+    await r.aclose()
+
+
+def openai_settings(settings, fake, **limits):
+    return settings.replace(default_model="openai:gpt-4o-mini", openai_api_key=PLATFORM_KEY,
+                            openai_base_url=fake.base_url, provider_timeout_seconds=10,
+                            rate_limits={"openai": RateLimit(**(limits or {"rpm": 600, "tpm": 60_000}))},
+                            max_inflight_per_tenant=100, secret_key="test-secret")
+
+
+async def finished(client, out, timeout):
+    async def check():
+        b = await client.get_batch(out["batch_id"])
+        return b if b["finished"] else None
+    return await wait_until(check, timeout=timeout, interval=0.25, what="batch to finish")
+
+
+def max_in_any_minute(calls, field):
+    """The most any rolling minute of admitted calls held, as the fake counted them."""
+    ok = sorted((c["at"], c["tokens"]) for c in calls if c["status"] == 200)
+    best, j, total = 0, 0, 0
+    for i, (at, tok) in enumerate(ok):
+        total += tok if field == "tokens" else 1
+        while ok[j][0] <= at - 60:
+            total -= ok[j][1] if field == "tokens" else 1
+            j += 1
+        best = max(best, total)
+        del i
+    return best
+
+
+async def test_four_workers_make_zero_429s_at_the_tpm_limit(client, workers, settings, fake, pool, redis):
+    """150 jobs need ~1.3x a minute of TPM: the limiter must hold the rest back, and the fake sees no 429."""
+    s = openai_settings(settings, fake)
+    client.settings = s
+    workers(4, **{k: getattr(s, k) for k in ("default_model", "openai_api_key", "openai_base_url",
+                                            "provider_timeout_seconds", "rate_limits", "max_inflight_per_tenant")})
+    out = await client.enqueue("shop-load", keyword_jobs(150))
+    await finished(client, out, timeout=150)
+    counts = (await client.get_batch(out["batch_id"]))["counts"]
+    assert counts["done"] == 150
+    st = fake.stats()
+    assert st["rate_limited"] == 0, st
+    assert st["by_status"]["200"] == 300  # one text and one image call per job, none repeated
+    assert max_in_any_minute(fake.calls, "tokens") <= 60_000
+    assert max_in_any_minute(fake.calls, "requests") <= 600
+    assert await pool.fetchval("SELECT sum(failures) FROM bq_jobs WHERE batch_id = $1", out["batch_id"]) == 0
+    [bucket] = await ratelimit.bucket_stats(redis, s)
+    assert bucket["key_hash"] == ratelimit.key_hash(PLATFORM_KEY) and bucket["rate_limited_429"] == 0
+    assert bucket["waits"] > 0  # it really was the limiter that held calls back
+
+
+async def test_a_429_storm_uses_no_attempt(client, workers, settings, pool, redis):
+    with FakeOpenAI(error_429_rate=0.3, retry_after_s=0.3, seed=7) as fake:
+        s = openai_settings(settings, fake)
+        client.settings = s
+        workers(2, **{k: getattr(s, k) for k in ("default_model", "openai_api_key", "openai_base_url",
+                                                "rate_limits", "max_inflight_per_tenant")})
+        out = await client.enqueue("shop-storm", keyword_jobs(30))
+        paused_seen = []
+
+        async def done_and_watch():
+            stats = await ratelimit.bucket_stats(redis, s)
+            if stats and stats[0]["paused_until"] is not None:
+                paused_seen.append(stats[0])
+            b = await client.get_batch(out["batch_id"])
+            return b if b["finished"] else None
+        batch = await wait_until(done_and_watch, timeout=120, interval=0.05, what="storm batch to finish")
+        assert batch["counts"]["done"] == 30
+        assert await pool.fetchval("SELECT sum(failures) FROM bq_jobs WHERE batch_id = $1", out["batch_id"]) == 0
+        n429 = fake.stats()["rate_limited"]
+        assert n429 >= 5
+        [bucket] = await ratelimit.bucket_stats(redis, s)
+        assert bucket["rate_limited_429"] == n429 and bucket["last_pause_s"] == pytest.approx(0.3)
+        assert paused_seen, "the bucket's pause never showed in bucket_stats"
+
+
+async def test_tenants_share_the_platform_bucket_but_an_own_key_is_not_slowed(client, workers, settings, redis,
+                                                                             tmp_path: Path):
+    with FakeOpenAI(rpm=20) as fake:
+        s = openai_settings(settings, fake, rpm=20)
+        client.settings = s
+        await client.pool.execute("TRUNCATE bq_ai_settings, bq_provider_keys")
+        await client.put_ai_settings("shop-own", None, {"keys": {"openai": OWN_KEY}})
+        workers(2, **{k: getattr(s, k) for k in ("default_model", "openai_api_key", "openai_base_url",
+                                                "rate_limits", "max_inflight_per_tenant", "secret_key")})
+        a = await client.enqueue("shop-a", keyword_jobs(15, image=False))
+        b = await client.enqueue("shop-b", keyword_jobs(15, image=False))
+        await wait_until(lambda: _platform_full(redis, s), timeout=30, what="the platform bucket to fill")
+        start = time.monotonic()
+        own = await client.enqueue("shop-own", keyword_jobs(5))
+        await finished(client, own, timeout=20)
+        assert time.monotonic() - start < 15  # not behind the 60 s the platform bucket must wait
+        by_key = fake.calls_by_key()
+        assert by_key[_h(OWN_KEY)] == 10 and by_key[_h(PLATFORM_KEY)] == 20
+        assert fake.stats()["rate_limited"] == 0
+        done = {t: (await client.get_batch(x["batch_id"]))["counts"]["done"] for t, x in (("a", a), ("b", b))}
+        assert done["a"] + done["b"] == 20 and min(done.values()) >= 5  # one bucket, shared fairly
+        stats = {x["key_hash"]: x for x in await ratelimit.bucket_stats(redis, s)}
+        assert stats[ratelimit.key_hash(PLATFORM_KEY)]["used"]["requests"] == 20
+        assert stats[ratelimit.key_hash(OWN_KEY)]["used"]["requests"] == 10
+        await client.stop_tenant("shop-a")
+        await client.stop_tenant("shop-b")
+
+
+async def test_a_stored_key_never_appears_anywhere(client, workers, settings, pool, redis, tmp_path: Path):
+    with FakeOpenAI(api_keys={PLATFORM_KEY}) as fake:  # the stored key is "wrong": 401 at the provider
+        s = openai_settings(settings, fake)
+        client.settings = s
+        await pool.execute("TRUNCATE bq_ai_settings, bq_provider_keys")
+        shown = await client.put_ai_settings("shop-leak", "u1", {"keys": {"openai": OWN_KEY}})
+        workers(1, **{k: getattr(s, k) for k in ("default_model", "openai_api_key", "openai_base_url",
+                                                "rate_limits", "secret_key")}, log_level="DEBUG")
+        out = await client.enqueue("shop-leak", keyword_jobs(2), user_id="u1")
+        fake.script("500")  # one retryable failure on the way too
+        await finished(client, out, timeout=60)
+        jobs = [await client.get_job(j["id"], "shop-leak") for j in out["jobs"]]
+        assert all(j["status"] == "failed" and j["error_code"] == "bad_api_key" for j in jobs)
+        assert fake.stats()["by_status"]["401"] >= 2  # the key really was sent to the provider
+        texts = [json.dumps(shown), json.dumps(jobs, default=str),
+                 json.dumps(await client.get_ai_settings("shop-leak", "u1")),
+                 json.dumps(await ratelimit.bucket_stats(redis, s)),
+                 json.dumps([dict(r) for r in await pool.fetch("SELECT * FROM bq_job_events")], default=str),
+                 json.dumps([dict(r) for r in await pool.fetch("SELECT * FROM bq_jobs")], default=str),
+                 json.dumps([dict(r) for r in await pool.fetch("SELECT * FROM bq_provider_keys")], default=str)]
+        logs = [p.read_text(errors="replace") for p in sorted(tmp_path.glob("worker-*.log"))]  # noqa: ASYNC240
+        assert logs and all("started" in log for log in logs)  # the logs exist and were read
+        texts += logs
+        for k in await redis.keys("*"):
+            texts.append(repr(k) + repr(await redis.dump(k)))
+        for t in texts:
+            assert OWN_KEY not in t and OWN_KEY[8:24] not in t and OWN_KEY[-10:] not in t
+
+
+def _h(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+async def _platform_full(redis, s):
+    for b in await ratelimit.bucket_stats(redis, s):
+        if b["key_hash"] == ratelimit.key_hash(PLATFORM_KEY) and b["used"]["requests"] >= 20:
+            return True
+    return False
