@@ -8,7 +8,10 @@ tenants. At the end `verify()` checks the promises of DESIGN §3:
 - every job is done, failed with a reason, or cancelled by a stop the harness issued;
 - no job finished twice (one `done` event per done job, none for the others);
 - no stage's provider call was made again after its output was saved
-  (the offline provider's call log against `bq_job_stages`);
+  (the offline provider's call log, or the fake OpenAI server's, against `bq_job_stages`);
+- no publish was delivered twice (the webhook receiver's deliveries by Idempotency-Key);
+- the credit ledger balances;
+- no secret (platform key, a user's stored key, webhook secret) appears in any worker log;
 - no lease is left dangling and nothing is still in flight.
 """
 
@@ -28,6 +31,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from ..client import Client
+from ..db import Q
 from ..settings import Settings
 from .processes import WorkerProcess
 
@@ -45,6 +49,8 @@ class ChaosPlan:
     flaky_share: float = 0.05
     timeout_s: float = 240.0
     seed: int = 7
+    model: str = "offline:template"
+    own_key_tenant: bool = False  # chaos-1 brings its own key (needs SECRET_KEY)
 
 
 @dataclass
@@ -67,14 +73,28 @@ class ChaosReport:
         return "\n".join(lines)
 
 
+@dataclass
+class Stack:
+    """What the run talks to besides PostgreSQL and Redis, when it uses them."""
+
+    fake_openai: Any = None        # blogqueue.testing.fake_openai.FakeOpenAI
+    receiver: Any = None           # blogqueue.testing.fake_webhook.FakeWebhookReceiver
+    logs: list[Path] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+
+
+OWN_KEY = "sk-chaos-own-key-7f3a9c2e5b1d"
+
+
 class Chaos:
     def __init__(self, plan: ChaosPlan, settings: Settings, client: Client, pool: asyncpg.Pool,
-                 spawn: Callable[[], WorkerProcess]) -> None:
+                 spawn: Callable[[], WorkerProcess], stack: Stack | None = None) -> None:
         self.plan = plan
         self.settings = settings
         self.client = client
         self.pool = pool
         self.spawn = spawn
+        self.stack = stack or Stack()
         self.rng = random.Random(plan.seed)
         self.report = ChaosReport()
         self.workers: list[WorkerProcess] = []
@@ -118,16 +138,22 @@ class Chaos:
         weights = [1 / (i + 1) for i in range(self.plan.tenants)]
         sizes = [max(1, int(self.plan.jobs * w / sum(weights))) for w in weights]
         sizes[0] += self.plan.jobs - sum(sizes)
+        offline = self.plan.model.startswith("offline:")
         for t, size in enumerate(sizes):
             tenant = f"chaos-{t}"
+            user = "owner" if self.plan.own_key_tenant and t == 1 else None
+            if user:
+                await self.client.put_ai_settings(tenant, user, {"keys": {"openai": OWN_KEY}})
+            if self.settings.credits_enabled:
+                await self.client.grant_credits(tenant, size * max(self.settings.credit_costs.values()))
             for start in range(0, size, 500):
                 jobs = []
                 for i in range(start, min(size, start + 500)):
-                    flaky = self.rng.random() < self.plan.flaky_share
+                    flaky = offline and self.rng.random() < self.plan.flaky_share
                     jobs.append({"source": {"type": "keyword", "keyword": f"{tenant} topic {i}"},
-                                 "model": "offline:flaky-1" if flaky else "offline:template",
+                                 "model": "offline:flaky-1" if flaky else self.plan.model,
                                  "priority": self.rng.choice((0, 0, 0, 5))})
-                out = await self.client.enqueue(tenant, jobs)
+                out = await self.client.enqueue(tenant, jobs, user_id=user)
                 self.batches.append((tenant, out["batch_id"]))
         self.log(f"enqueued {self.plan.jobs} jobs for {self.plan.tenants} tenants, sizes {sizes}")
 
@@ -208,8 +234,10 @@ class Chaos:
         checks["no job finished twice"] = (not twice and not stray and set(done_events) == done_ids,
                                            f"{len(twice)} twice, {len(stray)} done events on unfinished jobs")
 
-        saved = {(str(r["job_id"]), r["stage"]): r["attempt"] for r in await self.pool.fetch(
-            "SELECT job_id, stage, attempt FROM bq_job_stages")}
+        stage_rows = await self.pool.fetch("SELECT s.job_id, s.stage, s.attempt, s.created_at, j.tenant_id, "
+                                           "j.spec->'source'->>'keyword' AS keyword "
+                                           "FROM bq_job_stages s JOIN bq_jobs j ON j.id = s.job_id")
+        saved = {(str(r["job_id"]), r["stage"]): r["attempt"] for r in stage_rows}
         repaid = []
         calls = _read_call_log(self.settings.offline_call_log)
         per_stage: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -218,11 +246,60 @@ class Chaos:
         for key, attempts in per_stage.items():
             if key in saved and any(a > saved[key] for a in attempts):
                 repaid.append(key)
-        checks["no saved stage paid again"] = (not repaid, f"{len(calls)} provider calls, {len(repaid)} repaid")
+        n_calls = len(calls)
+        if self.stack.fake_openai is not None:
+            self.log(f"the fake OpenAI answered, by status: {self.stack.fake_openai.stats()['by_status']}")
+            fake_calls = list(self.stack.fake_openai.calls)
+            n_calls += len(fake_calls)
+            repaid += _repaid_at_fake(fake_calls, stage_rows)
+        checks["no saved stage paid again"] = (not repaid, f"{n_calls} provider calls, {len(repaid)} repaid")
+
+        if self.stack.receiver is not None:
+            r = self.stack.receiver
+            delivered = set(r.deliveries)
+            published = {str(x["job_id"]) for x in stage_rows if x["stage"] == "publish"}
+            missing = sorted(published - delivered)
+            checks["no publish delivered twice"] = (
+                not missing and r.bad_signatures == 0,
+                f"{len(delivered)} unique deliveries for {len(published)} saved publish stages, "
+                f"{r.redeliveries} redelivered requests deduplicated by Idempotency-Key, "
+                f"{r.bad_signatures} bad signatures, {len(missing)} saved without delivery")
+
+        if self.settings.credits_enabled:
+            problems = [dict(x) for x in await self.pool.fetch(Q["credit_violations"])]
+            checks["ledger balances"] = (not problems, f"{len(problems)} violations {problems[:3]}")
+
+        if self.stack.secrets:
+            leaks = [(log.name, i) for log in self.stack.logs if log.exists()
+                     for i, secret in enumerate(self.stack.secrets) if secret in log.read_text(errors="replace")]
+            events = await self.pool.fetchval("SELECT string_agg(coalesce(detail::text, '') || "
+                                              "coalesce(j.last_error, ''), '') FROM bq_job_events e "
+                                              "JOIN bq_jobs j ON j.id = e.job_id") or ""
+            leaks += [("events", i) for i, secret in enumerate(self.stack.secrets) if secret in events]
+            checks["no secret in logs or events"] = (
+                not leaks, f"{len(self.stack.logs)} logs and every event grepped for {len(self.stack.secrets)} "
+                           f"secrets: {len(leaks)} found")
 
         dangling = await self.pool.fetchval(
             "SELECT count(*) FROM bq_jobs WHERE lease_until IS NOT NULL OR status IN ('dispatched', 'running')")
         checks["no dangling lease"] = (dangling == 0, f"{dangling} jobs still leased or in flight")
+
+
+def _repaid_at_fake(calls: list[dict[str, Any]], stage_rows: list[Any]) -> list[tuple[str, str]]:
+    """Admitted fake-provider calls for a stage whose output had already been saved."""
+    saved_at = {}
+    for r in stage_rows:
+        if r["keyword"]:
+            saved_at[(r["keyword"], r["stage"])] = (r["created_at"].timestamp(), str(r["job_id"]))
+    repaid = []
+    for c in calls:
+        stage = "content" if c["path"].endswith("/chat/completions") else "image"
+        hit = saved_at.get((c.get("subject", ""), stage))
+        # The fake records a call when it answers; a call answered after the checkpoint was
+        # written was started after it too, since the checkpoint needs that answer.
+        if hit and c["status"] == 200 and c["at"] > hit[0] + 0.001:
+            repaid.append((hit[1], stage))
+    return repaid
 
 
 def _read_call_log(path: str | None) -> list[dict[str, Any]]:

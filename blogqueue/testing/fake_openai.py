@@ -139,6 +139,7 @@ class FakeOpenAI(FakeServer):
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 4096
         prompt_tokens = estimate_tokens(prompt)
         refuse = "[refuse]" in prompt
+        request.state.subject = _subject(prompt)
 
         def answer() -> tuple[dict[str, Any], int]:
             completion = min(int(max_tokens), self.completion_tokens)
@@ -161,6 +162,7 @@ class FakeOpenAI(FakeServer):
     async def _images(self, request: Request) -> Response:
         body = await request.json()
         prompt = str(body.get("prompt", ""))
+        request.state.subject = _subject(prompt)
         if "[refuse]" in prompt:
             fault_body = _error("Your request was rejected as a result of our safety system.",
                                 "invalid_request_error", "content_policy_violation")
@@ -176,22 +178,24 @@ class FakeOpenAI(FakeServer):
 
     async def _serve(self, request: Request, path: str, estimate: int, answer: Any) -> Response:
         key = bearer(request)
+        # What the call was about, so a test can tie provider calls to its jobs.
+        subject = getattr(request.state, "subject", "")
         fault = await self.misbehave(key)
         if fault == "timeout":
-            self.record(path, 504)
+            self.record(path, 504, subject=subject)
             return JSONResponse(_error("Request timed out.", "server_error", None), status_code=504)
         if fault in ("401", "403"):
-            self.record(path, int(fault))
+            self.record(path, int(fault), subject=subject)
             msg = ("Incorrect API key provided." if fault == "401"
                    else "You are not allowed to sample from this model")
             return JSONResponse(_error(msg, "invalid_request_error", "invalid_api_key" if fault == "401" else None),
                                 status_code=int(fault))
         if fault == "400":
-            self.record(path, 400)
+            self.record(path, 400, subject=subject)
             return JSONResponse(_error("Invalid value for 'model'.", "invalid_request_error", "invalid_value"),
                                 status_code=400)
         if fault == "500":
-            self.record(path, 500)
+            self.record(path, 500, subject=subject)
             return JSONResponse(_error("The server had an error while processing your request.",
                                        "server_error", None), status_code=500)
         now = time.time()
@@ -204,21 +208,21 @@ class FakeOpenAI(FakeServer):
             headers = window.headers(now)
         kh = hashlib.sha256((key or "").encode()).hexdigest()[:12]
         if not ok:
-            self.record(path, 429, key=kh)
+            self.record(path, 429, key=kh, subject=subject)
             headers |= {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(math.ceil(wait * 1000))}
             what = "tokens" if self.tpm is not None and estimate and fault != "429" else "requests"
             return JSONResponse(
                 _error(f"Rate limit reached for {what}. Please try again in {duration(wait)}.", what,
                        "rate_limit_exceeded"), status_code=429, headers=headers)
         if fault == "refuse":
-            self.record(path, 400)
+            self.record(path, 400, subject=subject)
             return JSONResponse(_error("Your request was rejected as a result of our safety system.",
                                        "invalid_request_error", "content_policy_violation"), status_code=400)
         payload, used = answer()
         assert entry is not None
         with self._wlock:
             window.settle(entry, used)
-        self.record(path, 200, used, key=kh)
+        self.record(path, 200, used, key=kh, subject=subject)
         return JSONResponse(payload, headers=headers)
 
     def calls_by_key(self) -> dict[str, int]:
@@ -246,7 +250,17 @@ def _text(prompt: str, tokens: int, body: dict[str, Any]) -> str:
                            "seo_title": "Fake SEO title", "seo_description": "Fake SEO description."})
     words = ("lorem", "ipsum", "dolor", "sit", "amet")
     body_words = " ".join(words[i % 5] for i in range(max(1, tokens - 4)))
-    return f"# A fake post\n\n{body_words}"
+    topic = _subject(prompt)
+    return f"# A fake post{' about ' + topic if topic else ''}\n\n{body_words}"
+
+
+def _subject(prompt: str) -> str:
+    """The prompt's topic line (blogqueue's prompts say `Topic: ...`), else the image prompt's subject."""
+    for marker in ("Topic: ", "about ", "illustrating: "):
+        at = prompt.rfind(marker)
+        if at >= 0:
+            return prompt[at + len(marker):].split("\n", 1)[0].strip()[:120]
+    return ""
 
 
 def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
