@@ -21,7 +21,7 @@ from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 
-from . import health, metrics, openapi, routes_jobs
+from . import health, metrics, openapi, routes_ai_settings, routes_jobs
 from .errors import HANDLERS
 
 log = structlog.get_logger("blogqueue.service")
@@ -35,8 +35,8 @@ ROUTES = [
     Route("/v1/batches/{batch_id}/stop", routes_jobs.stop_batch, methods=["POST"]),
     Route("/v1/stop", routes_jobs.stop_tenant, methods=["POST"]),
     Route("/v1/credits", routes_jobs.credits, methods=["GET"]),
-    # GET /v1/ai-settings and PUT /v1/ai-settings: added by the AI settings issue (routes_ai_settings.py),
-    # together with their paths in openapi.py.
+    Route("/v1/ai-settings", routes_ai_settings.get_ai_settings, methods=["GET"]),
+    Route("/v1/ai-settings", routes_ai_settings.put_ai_settings, methods=["PUT"]),
     Route("/v1/metrics", metrics.metrics_json, methods=["GET"]),
     Route("/metrics", metrics.metrics_prometheus, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
