@@ -19,6 +19,7 @@ import asyncpg
 from . import providers, secrets
 from .db import Q
 from .errors import InvalidInput, Unavailable
+from .jobs import _unstorable
 from .settings import Settings
 
 KEY_PROVIDERS = ("openai", "anthropic", "gemini", "replicate")
@@ -40,6 +41,11 @@ async def get(pool: asyncpg.Pool, tenant_id: str, user_id: str | None) -> dict[s
 def _validate(body: Any) -> tuple[bool, str | None, dict[str, str | None]]:
     if not isinstance(body, dict):
         raise InvalidInput("the body must be an object with \"model\" and/or \"keys\"", details={"field": "body"})
+    # Checked first: later messages name fields, and a lone surrogate cannot even be rendered in an error.
+    bad = _unstorable(body, "body")
+    if bad:
+        field = bad.removeprefix("body.")
+        raise InvalidInput(f"{field} contains a NUL character or a lone surrogate", details={"field": field})
     unknown = sorted(set(body) - {"model", "keys"})
     if unknown:
         raise InvalidInput(f"{unknown[0]} is not a known field; use \"model\" and \"keys\"",

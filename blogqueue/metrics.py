@@ -55,6 +55,6 @@ async def collect(pool: asyncpg.Pool, settings: Settings, *, top_n: int | None =
             "is_leader": w["is_leader"], "heartbeat_age_s": round(max(0.0, w["heartbeat_age_s"]), 3),
         } for w in workers],
         "database_pool": pool_stats(pool),
-        # Filled by the rate limiter (DESIGN §7) once it exists.
+        # The service fills this from Redis (ratelimit.bucket_stats); PostgreSQL has no bucket figures.
         "buckets": [],
     }

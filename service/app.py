@@ -1,4 +1,4 @@
-"""The Starlette app: route table, lifespan (pool), access log, and `serve`.
+"""The Starlette app: route table, lifespan (pool, Redis client), access log, and `serve`.
 
 `create_app(settings)` builds the app; its lifespan opens the PostgreSQL pool
 with no connection up front (min_size 0), so the service starts and answers
@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis.asyncio as aioredis
 import structlog
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -21,7 +22,7 @@ from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 
-from . import health, metrics, openapi, routes_jobs
+from . import health, metrics, openapi, routes_ai_settings, routes_jobs
 from .errors import HANDLERS
 
 log = structlog.get_logger("blogqueue.service")
@@ -35,8 +36,8 @@ ROUTES = [
     Route("/v1/batches/{batch_id}/stop", routes_jobs.stop_batch, methods=["POST"]),
     Route("/v1/stop", routes_jobs.stop_tenant, methods=["POST"]),
     Route("/v1/credits", routes_jobs.credits, methods=["GET"]),
-    # GET /v1/ai-settings and PUT /v1/ai-settings: added by the AI settings issue (routes_ai_settings.py),
-    # together with their paths in openapi.py.
+    Route("/v1/ai-settings", routes_ai_settings.get_ai_settings, methods=["GET"]),
+    Route("/v1/ai-settings", routes_ai_settings.put_ai_settings, methods=["PUT"]),
     Route("/v1/metrics", metrics.metrics_json, methods=["GET"]),
     Route("/metrics", metrics.metrics_prometheus, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
@@ -83,9 +84,16 @@ def create_app(settings: Settings) -> Starlette:
         # timeout: a connection attempt to a dead PostgreSQL fails fast into a 503.
         pool = await db.create_pool(settings, min_size=0, timeout=5)
         app.state.client = Client(settings, pool, owns_pool=True)
+        # For the metrics' rate-limit buckets. Connections are made lazily, so the
+        # service starts while Redis is down; the timeouts keep a dead Redis from
+        # holding a metrics request.
+        app.state.redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=settings.ready_timeout_seconds,
+            socket_connect_timeout=settings.ready_timeout_seconds)
         try:
             yield
         finally:
+            await app.state.redis.aclose()
             await app.state.client.close()
 
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)

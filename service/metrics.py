@@ -3,28 +3,54 @@
 Prometheus output is built per scrape: a fresh registry with one collector
 that turns the library's metrics dict into metric families, so every scrape
 shows PostgreSQL's current figures and nothing is kept between scrapes.
+Rate-limit buckets come from Redis (`ratelimit.bucket_stats`); without Redis
+they are left out and `redis_reachable` / `blogqueue_redis_up` say so.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import redis.asyncio as aioredis
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from blogqueue import metrics
+from blogqueue import metrics, ratelimit
+from blogqueue.settings import Settings
 
 from .auth import authenticate_admin
+
+log = structlog.get_logger("blogqueue.service")
 
 
 async def _collect(request: Request) -> dict[str, Any]:
     client = request.app.state.client
-    return await metrics.collect(client.pool, client.settings)
+    data = await metrics.collect(client.pool, client.settings)
+    data["buckets"], data["redis_reachable"] = await _buckets(request.app.state.redis, client.settings)
+    return data
+
+
+async def _buckets(redis: aioredis.Redis, settings: Settings) -> tuple[list[dict[str, Any]], bool]:
+    """The rate-limit buckets from Redis; an empty list and False while Redis does not answer.
+
+    The metrics are most wanted while something is broken, so a lost Redis must
+    not take PostgreSQL's figures down with it. The client's socket timeouts
+    bound each command; the overall bound covers a queue with many buckets.
+    """
+    try:
+        return await asyncio.wait_for(ratelimit.bucket_stats(redis, settings),
+                                      timeout=4 * settings.ready_timeout_seconds), True
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("redis unavailable for metrics", error=type(exc).__name__)
+        return [], False
 
 
 async def metrics_json(request: Request) -> JSONResponse:
@@ -107,4 +133,48 @@ class SnapshotCollector(Collector):
         if db["waiting"] is not None:
             yield GaugeMetricFamily("blogqueue_db_pool_waiting", "Requests waiting for a pool connection",
                                     value=db["waiting"])
-        # Rate-limit buckets (DESIGN §7) render here once the limiter fills d["buckets"].
+        yield from bucket_families(d["buckets"], d["redis_reachable"])
+
+
+def bucket_families(buckets: list[dict[str, Any]], reachable: bool) -> Iterator[Metric]:
+    """Rate-limit buckets (DESIGN §7), labelled by provider and key hash prefix (never the key)."""
+    yield GaugeMetricFamily("blogqueue_redis_up", "1 if Redis answered this scrape's bucket query",
+                            value=1 if reachable else 0)
+    labels = ["provider", "key_hash"]
+
+    def g(name: str, doc: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"blogqueue_ratelimit_{name}", doc, labels=labels)
+
+    def c(name: str, doc: str) -> CounterMetricFamily:
+        return CounterMetricFamily(f"blogqueue_ratelimit_{name}", doc, labels=labels)
+
+    fams = {
+        "rpm": g("limit_requests_per_minute", "Configured requests per minute (absent: no limit)"),
+        "tpm": g("limit_tokens_per_minute", "Configured tokens per minute (absent: no limit)"),
+        "requests": g("used_requests", "Requests in the last 60 s"),
+        "tokens": g("used_tokens", "Tokens in the last 60 s (reservations of calls in flight included)"),
+        "utilisation": g("utilisation", "max(requests/RPM, tokens/TPM) over the last 60 s"),
+        "waiting": g("waiting_calls", "Calls waiting in the bucket's line now"),
+        "paused": g("paused", "1 while a 429 pause lasts"),
+        "waits": c("waits", "Calls that had to wait for room"),
+        "granted": c("granted", "Calls admitted"),
+        "n429": c("rate_limited", "429 answers from the provider"),
+        "used_total": c("tokens_used", "Tokens the provider reported as used"),
+    }
+    for b in buckets:
+        key = [b["provider"], b["key_hash"]]
+        if b["limit"]["rpm"] is not None:
+            fams["rpm"].add_metric(key, b["limit"]["rpm"])
+        if b["limit"]["tpm"] is not None:
+            fams["tpm"].add_metric(key, b["limit"]["tpm"])
+        if b["utilisation"] is not None:
+            fams["utilisation"].add_metric(key, b["utilisation"])
+        fams["requests"].add_metric(key, b["used"]["requests"])
+        fams["tokens"].add_metric(key, b["used"]["tokens"])
+        fams["waiting"].add_metric(key, b["waiting"])
+        fams["paused"].add_metric(key, 1 if b["paused_until"] is not None else 0)
+        fams["waits"].add_metric(key, b["waits"])
+        fams["granted"].add_metric(key, b["granted"])
+        fams["n429"].add_metric(key, b["rate_limited_429"])
+        fams["used_total"].add_metric(key, b["tokens_used_total"])
+    yield from fams.values()

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from blogqueue.aisettings import KEY_PROVIDERS, MAX_KEY_LENGTH
 from blogqueue.jobs import PUBLIC_STATUSES
 
 
@@ -144,7 +145,7 @@ SCHEMAS: dict[str, Any] = {
     "Metrics": {
         "type": "object", "additionalProperties": False,
         "required": ["counts", "backlog_by_tenant", "throughput", "dispatcher", "workers", "database_pool",
-                     "buckets"],
+                     "buckets", "redis_reachable"],
         "properties": {
             "counts": {"type": "object", "required": list(PUBLIC_STATUSES),
                      "properties": {s: COUNT for s in PUBLIC_STATUSES}},
@@ -167,8 +168,52 @@ SCHEMAS: dict[str, Any] = {
             "database_pool": {"type": "object", "required": ["size", "idle", "max", "waiting"],
                               "properties": {"size": COUNT, "idle": COUNT, "max": COUNT,
                                              "waiting": {"type": ["integer", "null"], "minimum": 0}}},
-            "buckets": {"type": "array", "items": {"type": "object"},
-                        "description": "rate-limit buckets; empty until the limiter is installed"},
+            "buckets": {"type": "array", "items": _ref("Bucket"),
+                        "description": "rate-limit buckets of this queue; empty while Redis is unreachable"},
+            "redis_reachable": {"type": "boolean",
+                                "description": "false: Redis did not answer, so buckets could not be read"},
+        },
+    },
+    "Bucket": {
+        "type": "object", "additionalProperties": False,
+        "required": ["provider", "key_hash", "limit", "used", "utilisation", "waiting", "waits", "granted",
+                     "rate_limited_429", "paused_until", "last_pause_s", "tokens_used_total"],
+        "description": "one (provider, API key) bucket; the key appears only as a SHA-256 prefix",
+        "properties": {
+            "provider": {"type": "string"}, "key_hash": {"type": "string", "pattern": "^[0-9a-f]+$"},
+            "limit": {"type": "object", "required": ["rpm", "tpm"], "additionalProperties": False,
+                      "properties": {"rpm": {"type": ["integer", "null"], "minimum": 0},
+                                     "tpm": {"type": ["integer", "null"], "minimum": 0}}},
+            "used": {"type": "object", "required": ["requests", "tokens"], "additionalProperties": False,
+                     "properties": {"requests": COUNT, "tokens": {"type": "integer"}},
+                     "description": "in the last 60 s"},
+            "utilisation": {"type": ["number", "null"], "minimum": 0,
+                            "description": "max(requests/rpm, tokens/tpm); null without limits"},
+            "waiting": COUNT, "waits": COUNT, "granted": COUNT, "rate_limited_429": COUNT,
+            "paused_until": {"type": ["number", "null"], "description": "Unix time while a 429 pause lasts"},
+            "last_pause_s": {"type": ["number", "null"], "minimum": 0}, "tokens_used_total": {"type": "integer"},
+        },
+    },
+    "AISettingsInput": {
+        "type": "object", "additionalProperties": False,
+        "description": "absent fields are left as they are; null clears the model or deletes a key",
+        "properties": {
+            "model": {"type": ["string", "null"], "description": "provider:model, e.g. openai:gpt-4o-mini"},
+            "keys": {"type": "object", "additionalProperties": False,
+                     "properties": {p: {"type": ["string", "null"], "minLength": 8, "maxLength": MAX_KEY_LENGTH,
+                                        "writeOnly": True} for p in KEY_PROVIDERS}},
+        },
+    },
+    "AISettings": {
+        "type": "object", "additionalProperties": False,
+        "required": ["tenant_id", "user_id", "model", "keys", "updated_at"],
+        "description": "user_id null: the tenant's own settings (a token without a user)",
+        "properties": {
+            "tenant_id": {"type": "string"}, "user_id": NULL_STR, "model": NULL_STR, "updated_at": TIME,
+            "keys": {"type": "object", "propertyNames": {"enum": list(KEY_PROVIDERS)}, "additionalProperties": {
+                "type": "object", "required": ["masked", "updated_at"], "additionalProperties": False,
+                "properties": {"masked": {"type": "string", "description": "e.g. sk-…abcd; never the key"},
+                               "updated_at": {"type": "string"}}}},
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
@@ -190,6 +235,18 @@ def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = N
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     if not auth:
         op["security"] = []
+    return op
+
+
+def _ai_put() -> dict[str, Any]:
+    op = _op("Set the preferred model and store or delete provider keys (all or nothing)", {
+        "200": _json(_ref("AISettings"), "the settings after the change"),
+        "400": _err("malformed JSON"), "413": _err("body too large"),
+        "422": _err("invalid or unknown field (details.field names it); the error never repeats a key"),
+    }, body=_ref("AISettingsInput"))
+    # Same status, a second cause: AUTH_ERRORS' 503 would otherwise hide it.
+    op["responses"]["503"] = _err("PostgreSQL unreachable, or code secret_key_missing: the server has no "
+                                  "SECRET_KEY to encrypt keys with")
     return op
 
 
@@ -234,7 +291,12 @@ PATHS: dict[str, Any] = {
     "/v1/credits": {"get": _op("The caller's tenant's credit balance", {
         "200": _json(_ref("Credits"), "the balance"),
     })},
-    # /v1/ai-settings (GET, PUT) is added with the AI settings issue.
+    "/v1/ai-settings": {
+        "get": _op("The caller's preferred model and stored provider keys (masked)", {
+            "200": _json(_ref("AISettings"), "the settings"),
+        }),
+        "put": _ai_put(),
+    },
     "/v1/metrics": {"get": _op("Operational metrics (admin)", {
         "200": _json(_ref("Metrics"), "metrics"), "403": _err("not an admin token"),
     })},

@@ -63,6 +63,9 @@ async def test_every_operation_answers_per_the_document(api: Api, make_token: To
         await shop.post(f"/v1/batches/{batch_id}/stop"),
         await shop.post("/v1/batches/nope/stop"),
         await shop.post("/v1/stop"),
+        await shop.put("/v1/ai-settings", json={"model": "offline:template"}),
+        await shop.put("/v1/ai-settings", json={"keys": {"openai": "sk-0123456789"}}),  # 503: no SECRET_KEY
+        await shop.get("/v1/ai-settings"),
         await shop.get("/v1/metrics"),
         await admin.get("/v1/metrics"),
         await admin.get("/metrics"),
@@ -106,7 +109,8 @@ class LoopThread:
 @pytest.fixture
 def fuzz_target(settings: Settings) -> Iterator[dict[str, Any]]:
     runner = LoopThread()
-    app = create_app(settings)
+    # With a SECRET_KEY, so PUT /v1/ai-settings reaches its happy path (without one it is a 503 by design).
+    app = create_app(settings.replace(secret_key="fuzz-secret-key-0123456789abcdef"))
     lifespan = app.router.lifespan_context(app)
     runner.run(lifespan.__aenter__())
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
