@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sys
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _harness import Bench, bench_env, table, write_result
+from _harness import Bench, bench_env, table, wait_for, write_result
 
 from blogqueue import tokens
 from blogqueue.testing.load import Mix, Recorder, limits, run_clients, summarize
@@ -64,16 +65,21 @@ async def _outage(bench: Bench, http: httpx.AsyncClient, start_after: float, sec
             break
         await asyncio.sleep(0.1)
     during = Counter(str(s) for t, s in probes if t_stop <= t < t_started)
-    # A supervisor would restart a worker that exited while Redis was gone; so does this run.
-    dead = [w for w in bench.workers if not w.alive()]
-    exits = [_tail(w.log_path) for w in dead]
-    bench.workers = [w for w in bench.workers if w.alive()]
-    if dead:
-        await bench.start_workers(len(dead))
-    return {"workers_exited": len(dead), "worker_exit_log_tails": exits,
-            "t_stop": t_stop, "t_started": t_started, "t_ready": t_ready or time.monotonic(),
+    return {"t_stop": t_stop, "t_started": t_started, "t_ready": t_ready or time.monotonic(),
             "readyz_before": before, "readyz_during": dict(during),
             "ready_again_after_restart_s": None if t_ready is None else round(t_ready - t_started, 2)}
+
+
+async def _supervise(bench: Bench, exits: list[str]) -> None:
+    """Restarts a worker process that exited, as a process supervisor would; keeps its last log lines."""
+    while True:
+        await asyncio.sleep(0.5)
+        dead = [w for w in bench.workers if not w.alive()]
+        if dead:
+            exits.extend(_tail(w.log_path) for w in dead)
+            bench.workers = [w for w in bench.workers if w.alive()]
+            with contextlib.suppress(RuntimeError, TimeoutError):
+                await bench.start_workers(len(dead))
 
 
 def _tail(path: Path | None, lines: int = 6) -> str:
@@ -90,13 +96,17 @@ async def main(args: argparse.Namespace) -> int:
         base_url = await bench.start_service()
         rec = Recorder()
         async with httpx.AsyncClient(base_url=base_url, timeout=args.timeout, limits=limits(args.clients + 2)) as http:
-            assert (await http.get("/readyz")).status_code == 200, "service not ready before the run"
+            async def ready() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            await wait_for(ready, timeout=60, interval=0.5, what="the service to be ready")
             outage_task = (asyncio.create_task(_outage(bench, http, args.seconds / 2 - args.outage_seconds / 2,
                                                        args.outage_seconds)) if args.outage else None)
+            exits: list[str] = []
+            supervisor = asyncio.create_task(_supervise(bench, exits))
             wall = await run_clients(http, toks, args.clients, args.seconds, rec, mix=Mix())
             outage = await outage_task if outage_task else None
         done_at_end = await bench.count("done")
-        workers_alive = sum(w.alive() for w in bench.workers)
         # Bounded drain: how far the workers get with what was enqueued, for the record only.
         drain_deadline = time.monotonic() + args.drain
         while time.monotonic() < drain_deadline:
@@ -105,6 +115,9 @@ async def main(args: argparse.Namespace) -> int:
             if finished >= len(rec.jobs):
                 break
             await asyncio.sleep(0.25)
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
         statuses = dict(await bench.pool.fetch("SELECT status, count(*) FROM bq_jobs GROUP BY status"))
         stored = await bench.pool.fetchval(
             "SELECT count(*) FROM bq_jobs WHERE id = ANY($1::uuid[])", list(rec.jobs))
@@ -123,7 +136,7 @@ async def main(args: argparse.Namespace) -> int:
     overall = {"wall_s": round(wall, 2), "requests": total, "requests_per_s": round(total / wall, 1),
                "jobs_enqueued": len(rec.jobs), "jobs_stored": stored, "jobs_done_at_end": done_at_end,
                "jobs_by_status_after_drain": statuses, "stops_answered": len(rec.stopped),
-               "workers_alive_at_end": workers_alive, "5xx": five_xx}
+               "worker_exits_restarted": len(exits), "5xx": five_xx}
     out.append(table("Overall", ["measure", "value"], [[k, v if not isinstance(v, dict) else
                                                         " ".join(f"{a}:{b}" for a, b in sorted(v.items()))]
                                                        for k, v in overall.items()]))
@@ -140,13 +153,13 @@ async def main(args: argparse.Namespace) -> int:
         out.append(table(f"During the Redis outage ({window[1] - window[0]:.1f} s, stop to ready again)",
                          ["endpoint", "requests", "5xx", "statuses"], orows))
         print(f"readyz before: {outage['readyz_before']}; ready again "
-              f"{outage['ready_again_after_restart_s']} s after redis restarted; "
-              f"workers that exited during the outage (restarted): {outage['workers_exited']}")
-        for tail in outage["worker_exit_log_tails"]:
-            print("  last log lines of an exited worker:\n    " + tail.replace("\n", "\n    "))
+              f"{outage['ready_again_after_restart_s']} s after redis restarted")
         result["outage"] = {k: v for k, v in outage.items() if not k.startswith("t_")} | {
             "window_s": round(window[1] - window[0], 2),
             "by_endpoint": {e: summarize(s) for e, s in in_win.items()}}
+    for tail in exits:
+        print("last log lines of a worker that exited (restarted):\n    " + tail.replace("\n", "\n    "))
+    result["worker_exit_log_tails"] = exits
     print(f"\n5xx: {five_xx}")
     result["tables"] = out
     write_result("load_outage" if args.outage else "load", result)

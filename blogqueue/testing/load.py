@@ -38,6 +38,7 @@ class Sample:
     started: float  # time.monotonic() at send
     latency_s: float
     status: int | None  # None: transport error or timeout, no HTTP answer
+    error: str | None = None  # the transport error's class name
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Recorder:
 def summarize(samples: list[Sample]) -> dict[str, Any]:
     """Requests, latency percentiles (ms), error rate and status counts of one endpoint's samples."""
     lat = sorted(s.latency_s * 1000 for s in samples)
-    statuses = Counter("error" if s.status is None else str(s.status) for s in samples)
+    statuses = Counter(str(s.status or s.error) for s in samples)
     # 4xx the client asked for are answers, not errors; 5xx and transport failures are.
     errors = sum(1 for s in samples if s.status is None or s.status >= 500)
     return {
@@ -87,8 +88,8 @@ async def _call(http: httpx.AsyncClient, rec: Recorder, endpoint: str, method: s
     t0 = time.perf_counter()
     try:
         resp = await http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
-    except httpx.TransportError:
-        rec.samples.append(Sample(endpoint, started, time.perf_counter() - t0, None))
+    except httpx.TransportError as exc:
+        rec.samples.append(Sample(endpoint, started, time.perf_counter() - t0, None, type(exc).__name__))
         return None
     rec.samples.append(Sample(endpoint, started, time.perf_counter() - t0, resp.status_code))
     return resp
