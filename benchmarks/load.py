@@ -93,7 +93,8 @@ async def main(args: argparse.Namespace) -> int:
         toks = {f"tenant-{i:02d}": (await tokens.create(bench.pool, f"tenant-{i:02d}"))[0]
                 for i in range(args.tenants)}
         await bench.start_workers(args.workers)
-        base_url = await bench.start_service()
+        base_url = await bench.start_service(
+            **({"db_pool_size": args.service_pool} if args.service_pool else {}))
         rec = Recorder()
         async with httpx.AsyncClient(base_url=base_url, timeout=args.timeout, limits=limits(args.clients + 2)) as http:
             async def ready() -> bool:
@@ -176,6 +177,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request client timeout (s)")
     parser.add_argument("--drain", type=float, default=20.0, help="at most this long to wait for jobs to finish")
     parser.add_argument("--log-level", default="INFO", help="service and worker log level")
+    parser.add_argument("--service-pool", type=int, help="the service's DB_POOL_SIZE (default: the setting)")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the service and worker logs here")
     parser.add_argument("--outage", action="store_true", help="stop the private redis-server mid-run")
     parser.add_argument("--outage-seconds", type=float, default=5.0)

@@ -140,5 +140,10 @@ async def run_clients(http: httpx.AsyncClient, tokens: dict[str, str], clients: 
 
 
 def limits(clients: int) -> httpx.Limits:
-    """A connection pool as wide as the clients, so no client waits for another's connection."""
-    return httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    """A connection pool as wide as the clients, so no client waits for another's connection.
+
+    Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive
+    timeout closes them: with equal timeouts a request can be written into a
+    connection the server is closing, a ReadError that is no server failure.
+    """
+    return httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=4.0)
