@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ENV_FILE := .blogqueue/env
 LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 
-.PHONY: install services migrate test chaos lint demo bench bench-http bench-ratelimit worker serve clean
+.PHONY: install services migrate test chaos lint demo bench bench-http bench-ratelimit bench-load worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,13 +51,17 @@ serve: migrate
 bench-http: services
 	$(LOAD_ENV) $(PY) benchmarks/http_enqueue.py
 
+# The service under 200 clients for 60 s (docs/benchmarks.md); BENCH_ARGS="--outage --seconds 30" adds a Redis outage.
+bench-load: services
+	$(LOAD_ENV) $(PY) benchmarks/load.py $(BENCH_ARGS)
+
 clean:
 	$(PY) scripts/services.py --stop || true
 	rm -rf $(VENV) .blogqueue .pytest_cache .ruff_cache
 
 # Benchmarks (DESIGN §8): each prints a table and writes benchmarks/results/<name>.json.
 # `make bench` runs them one after another; `make bench-engine` (etc.) runs one, with BENCH_ARGS.
-BENCHES := engine enqueue fairness memory $(if $(wildcard benchmarks/ratelimit.py),ratelimit)
+BENCHES := engine enqueue fairness memory $(if $(wildcard benchmarks/ratelimit.py),ratelimit) load
 
 bench: services
 	@set -e; for b in $(BENCHES); do echo "== benchmarks/$$b.py"; $(LOAD_ENV) $(PY) benchmarks/$$b.py; done

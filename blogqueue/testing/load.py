@@ -1,0 +1,149 @@
+"""A bounded HTTP client load on the service: the loop `benchmarks/load.py` and its test share.
+
+Each simulated client loops until a deadline: enqueue (mostly one job, sometimes
+a bulk), read its jobs back (`GET /v1/jobs/{id}`), now and then list a page and
+stop one of its jobs. Every request is recorded (endpoint, start time, latency,
+status or transport error) so callers can compute percentiles, count 5xx, and
+look at a time window (a dependency outage) separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+ENDPOINTS = ("enqueue", "poll", "list", "stop")
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How often each kind of request happens, per client iteration."""
+
+    bulk_share: float = 0.1  # of enqueues that post a bulk instead of one job
+    bulk_size: int = 20
+    polls_per_bulk: int = 3  # a bulk's jobs read back (a client samples, it does not read all 20)
+    list_share: float = 0.2
+    stop_share: float = 0.05
+
+
+@dataclass
+class Sample:
+    endpoint: str
+    started: float  # time.monotonic() at send
+    latency_s: float
+    status: int | None  # None: transport error or timeout, no HTTP answer
+    error: str | None = None  # the transport error's class name
+
+
+@dataclass
+class Recorder:
+    samples: list[Sample] = field(default_factory=list)
+    jobs: dict[str, str] = field(default_factory=dict)  # job id -> tenant that enqueued it
+    stopped: set[str] = field(default_factory=set)
+
+    def by_endpoint(self, since: float = float("-inf"), until: float = float("inf")) -> dict[str, list[Sample]]:
+        out: dict[str, list[Sample]] = {e: [] for e in ENDPOINTS}
+        for s in self.samples:
+            if since <= s.started < until:
+                out.setdefault(s.endpoint, []).append(s)
+        return out
+
+    def count_5xx(self, since: float = float("-inf"), until: float = float("inf"),
+                  endpoints: tuple[str, ...] = ENDPOINTS) -> int:
+        return sum(1 for s in self.samples if s.endpoint in endpoints and s.status is not None
+                   and s.status >= 500 and since <= s.started < until)
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    """Requests, latency percentiles (ms), error rate and status counts of one endpoint's samples."""
+    lat = sorted(s.latency_s * 1000 for s in samples)
+    statuses = Counter(str(s.status or s.error) for s in samples)
+    # 4xx the client asked for are answers, not errors; 5xx and transport failures are.
+    errors = sum(1 for s in samples if s.status is None or s.status >= 500)
+    return {
+        "requests": len(samples),
+        "p50_ms": _pct(lat, 0.50), "p95_ms": _pct(lat, 0.95), "p99_ms": _pct(lat, 0.99),
+        "max_ms": round(lat[-1], 1) if lat else None,
+        "error_rate": round(errors / len(samples), 5) if samples else 0.0,
+        "status_counts": dict(sorted(statuses.items())),
+    }
+
+
+def _pct(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    idx = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
+    return round(sorted_values[idx], 1)
+
+
+async def _call(http: httpx.AsyncClient, rec: Recorder, endpoint: str, method: str, url: str,
+                token: str, body: Any = None) -> httpx.Response | None:
+    started = time.monotonic()
+    t0 = time.perf_counter()
+    try:
+        resp = await http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
+    except httpx.TransportError as exc:
+        rec.samples.append(Sample(endpoint, started, time.perf_counter() - t0, None, type(exc).__name__))
+        return None
+    rec.samples.append(Sample(endpoint, started, time.perf_counter() - t0, resp.status_code))
+    return resp
+
+
+async def client_loop(http: httpx.AsyncClient, token: str, tenant: str, deadline: float, rec: Recorder,
+                      rng: random.Random, mix: Mix = Mix()) -> None:
+    """One simulated client: loops until `deadline` (monotonic); no request starts after it."""
+    mine: list[str] = []
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        bulk = rng.random() < mix.bulk_share
+        size = mix.bulk_size if bulk else 1
+        jobs = [{"source": {"type": "keyword", "keyword": f"{tenant} topic {n}.{i}"}} for i in range(size)]
+        resp = await _call(http, rec, "enqueue", "POST", "/v1/jobs", token, {"jobs": jobs} if bulk else jobs[0])
+        ids: list[str] = []
+        if resp is not None and resp.status_code == 202:
+            ids = [j["id"] for j in resp.json()["jobs"]]
+            for jid in ids:
+                rec.jobs[jid] = tenant
+            mine.extend(ids)
+            del mine[:-50]  # a client remembers its recent jobs only
+        for jid in (rng.sample(ids, min(mix.polls_per_bulk, len(ids))) if bulk else ids):
+            if time.monotonic() >= deadline:
+                return
+            await _call(http, rec, "poll", "GET", f"/v1/jobs/{jid}", token)
+        if rng.random() < mix.list_share and time.monotonic() < deadline:
+            await _call(http, rec, "list", "GET", "/v1/jobs?limit=20", token)
+        if mine and rng.random() < mix.stop_share and time.monotonic() < deadline:
+            jid = rng.choice(mine)
+            resp = await _call(http, rec, "stop", "POST", f"/v1/jobs/{jid}/stop", token)
+            if resp is not None and resp.status_code == 200:
+                rec.stopped.add(jid)
+
+
+async def run_clients(http: httpx.AsyncClient, tokens: dict[str, str], clients: int, seconds: float,
+                      rec: Recorder, *, seed: int = 8, mix: Mix = Mix()) -> float:
+    """`clients` loops spread round-robin over the tenants of `tokens`; returns the wall time."""
+    tenants = sorted(tokens)
+    deadline = time.monotonic() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(*(
+        client_loop(http, tokens[tenants[i % len(tenants)]], tenants[i % len(tenants)], deadline, rec,
+                    random.Random(seed * 100_003 + i), mix)
+        for i in range(clients)))
+    return time.perf_counter() - started
+
+
+def limits(clients: int) -> httpx.Limits:
+    """A connection pool as wide as the clients, so no client waits for another's connection.
+
+    Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive
+    timeout closes them: with equal timeouts a request can be written into a
+    connection the server is closing, a ReadError that is no server failure.
+    """
+    return httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=4.0)
