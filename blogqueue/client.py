@@ -13,11 +13,13 @@ is the operator's (admin) view. A refused call writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import math
 import uuid
+import weakref
 from typing import Any
 
 import asyncpg
@@ -38,6 +40,10 @@ class Client:
         self.settings = settings
         self.pool = pool
         self._owns_pool = owns_pool
+        # One enqueue per tenant at a time in this process, before taking a connection:
+        # waiting on the tenant's advisory lock with a pooled connection in hand would
+        # let one busy tenant hold the whole pool while other tenants' reads queue.
+        self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
     async def connect(cls, settings: Settings) -> Client:
@@ -73,7 +79,8 @@ class Client:
                                details={"field": "jobs", "limit": self.settings.max_batch_size})
         specs = [parse_job(r, f"jobs[{i}]" if len(raw) > 1 else "job") for i, r in enumerate(raw)]
 
-        async with self.pool.acquire() as conn, conn.transaction():
+        lock = self._tenant_locks.setdefault(tenant_id, asyncio.Lock())
+        async with lock, self.pool.acquire() as conn, conn.transaction():
             await conn.execute(Q["lock_tenant_enqueue"], tenant_id)
             ids, new = await self._resolve_idempotency(conn, tenant_id, specs)
             counts = await conn.fetchrow(Q["backlog_counts"], tenant_id)
