@@ -123,6 +123,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bucket = (await ratelimit.bucket_stats(r, s))[0]
         await r.aclose()
         await pool.close()
+        if args.calls_out:
+            Path(args.calls_out).write_text(json.dumps({"start": start, "backlog_until": backlog_until,
+                                                        "calls": fake.calls}))
         stats, w, wb = fake.stats(), windows(fake.calls), windows(fake.calls, until=backlog_until)
         util_r, util_t = w["req_mean"] / args.rpm, w["tok_mean"] / args.tpm
         binding = "tpm" if util_t >= util_r else "rpm"
@@ -194,6 +197,7 @@ def main() -> None:
     # product default (30 s) such calls go back to the engine and are rescheduled (no attempt used),
     # which keeps worker slots free for other keys but costs throughput: pass --max-wait 30 to see it.
     p.add_argument("--max-wait", type=float, default=65.0)
+    p.add_argument("--calls-out", help="write every call the fake received (time, status, tokens) to this JSON file")
     args = p.parse_args()
     res = asyncio.run(run(args))
     print(table(res))
