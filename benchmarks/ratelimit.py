@@ -123,9 +123,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bucket = (await ratelimit.bucket_stats(r, s))[0]
         await r.aclose()
         await pool.close()
-        if args.calls_out:
-            Path(args.calls_out).write_text(json.dumps({"start": start, "backlog_until": backlog_until,
-                                                        "calls": fake.calls}))
         stats, w, wb = fake.stats(), windows(fake.calls), windows(fake.calls, until=backlog_until)
         util_r, util_t = w["req_mean"] / args.rpm, w["tok_mean"] / args.tpm
         binding = "tpm" if util_t >= util_r else "rpm"
@@ -147,6 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "utilisation_binding_backlogged": round(util_backlog, 4),
             "limiter_waits": bucket["waits"], "limiter_429s": bucket["rate_limited_429"],
             "retry_errors": retry_errors,
+            "_timeline": {"start": start, "backlog_until": backlog_until, "calls": list(fake.calls)},
         }
     finally:
         for p in procs:
@@ -200,6 +198,9 @@ def main() -> None:
     p.add_argument("--calls-out", help="write every call the fake received (time, status, tokens) to this JSON file")
     args = p.parse_args()
     res = asyncio.run(run(args))
+    timeline = res.pop("_timeline")
+    if args.calls_out:
+        Path(args.calls_out).write_text(json.dumps(timeline))
     print(table(res))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(res, indent=2) + "\n")

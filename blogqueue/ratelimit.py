@@ -56,8 +56,11 @@ from .settings import RateLimit, Settings
 
 WINDOW_S = 60.0
 STALE_WAITER_S = 5.0
-MAX_POLL_S = 0.5
+MAX_POLL_S = 0.25
 MIN_POLL_S = 0.005
+# A shortage only in-flight reservations cause ends when one settles, a call's latency away: polling
+# sooner than that wastes Redis time, later leaves freed room unused (the window refills late).
+INFLIGHT_POLL_S = 0.02
 
 _EXPIRE = """
 local log, tok, st = KEYS[1], KEYS[2], KEYS[3]
@@ -131,7 +134,7 @@ local function wait_for(ahead_n, ahead_t)
       flying = flying + (tonumber(redis.call('HGET', tok, m)) or 0)
     end
     local need = tokens - flying + ahead_t + est - tpm
-    if need <= 0 then w = 0.1
+    if need <= 0 then w = INFLIGHT_POLL
     else
       local freed = 0
       w = window
@@ -179,7 +182,7 @@ local belief_r, belief_t = -1, -1
 if rpm >= 0 then belief_r = rpm - count - 1 end
 if tpm >= 0 then belief_t = tpm - tokens - est end
 return {1, '0', grants, tostring(tgrants), belief_r, tostring(belief_t)}
-""".replace("MIN_WAIT", str(MIN_POLL_S))
+""".replace("MIN_WAIT", str(MIN_POLL_S)).replace("INFLIGHT_POLL", str(INFLIGHT_POLL_S))
 
 # KEYS: log, tok, st
 # ARGV: window, id, used (-1 keeps the reservation), pause_s (-1 no 429), rem_req, reset_req, rem_tok,
