@@ -144,6 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "utilisation_binding_backlogged": round(util_backlog, 4),
             "limiter_waits": bucket["waits"], "limiter_429s": bucket["rate_limited_429"],
             "retry_errors": retry_errors,
+            "_timeline": {"start": start, "backlog_until": backlog_until, "calls": list(fake.calls)},
         }
     finally:
         for p in procs:
@@ -191,11 +192,15 @@ def main() -> None:
     p.add_argument("--completion-tokens", type=int, default=150)
     p.add_argument("--latency-ms", type=float, default=50.0)
     # One window plus a margin, so a call waiting for the minute to roll waits in place. With the
-    # product default (30 s) such calls go back to the engine and are rescheduled (no attempt used),
-    # which keeps worker slots free for other keys but costs throughput: pass --max-wait 30 to see it.
+    # product default (30 s) such calls go back to the engine and are rescheduled (no attempt used):
+    # pass --max-wait 30 to compare (docs/providers.md has both).
     p.add_argument("--max-wait", type=float, default=65.0)
+    p.add_argument("--calls-out", help="write every call the fake received (time, status, tokens) to this JSON file")
     args = p.parse_args()
     res = asyncio.run(run(args))
+    timeline = res.pop("_timeline")
+    if args.calls_out:
+        Path(args.calls_out).write_text(json.dumps(timeline))
     print(table(res))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(res, indent=2) + "\n")

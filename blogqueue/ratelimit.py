@@ -56,8 +56,11 @@ from .settings import RateLimit, Settings
 
 WINDOW_S = 60.0
 STALE_WAITER_S = 5.0
-MAX_POLL_S = 0.5
+MAX_POLL_S = 0.25
 MIN_POLL_S = 0.005
+# A shortage only in-flight reservations cause ends when one settles, a call's latency away: polling
+# sooner than that wastes Redis time, later leaves freed room unused (the window refills late).
+INFLIGHT_POLL_S = 0.02
 
 _EXPIRE = """
 local log, tok, st = KEYS[1], KEYS[2], KEYS[3]
@@ -131,7 +134,7 @@ local function wait_for(ahead_n, ahead_t)
       flying = flying + (tonumber(redis.call('HGET', tok, m)) or 0)
     end
     local need = tokens - flying + ahead_t + est - tpm
-    if need <= 0 then w = 0.1
+    if need <= 0 then w = INFLIGHT_POLL
     else
       local freed = 0
       w = window
@@ -179,7 +182,7 @@ local belief_r, belief_t = -1, -1
 if rpm >= 0 then belief_r = rpm - count - 1 end
 if tpm >= 0 then belief_t = tpm - tokens - est end
 return {1, '0', grants, tostring(tgrants), belief_r, tostring(belief_t)}
-""".replace("MIN_WAIT", str(MIN_POLL_S))
+""".replace("MIN_WAIT", str(MIN_POLL_S)).replace("INFLIGHT_POLL", str(INFLIGHT_POLL_S))
 
 # KEYS: log, tok, st
 # ARGV: window, id, used (-1 keeps the reservation), pause_s (-1 no 429), rem_req, reset_req, rem_tok,
@@ -203,15 +206,20 @@ if pause >= 0 then
   local p = tonumber(redis.call('HGET', st, 'paused_until') or '0')
   if now + pause > p then redis.call('HSET', st, 'paused_until', now + pause, 'last_pause_s', pause) end
 end
+-- Calls granted after this one may have reached the provider first and be in its figure but not in
+-- our belief: only a shortfall they cannot explain is usage we do not know of (another app on the
+-- key). Capping on the race alone would hold the bucket until the header's reset, a whole minute.
+local later_r = tonumber(redis.call('HGET', st, 'grants') or '0') - g
+local later_t = tonumber(redis.call('HGET', st, 'tgrants') or '0') - tg
 if rem_r >= 0 and belief_r >= 0 then
-  if rem_r < belief_r then
+  if rem_r < belief_r - later_r then
     redis.call('HSET', st, 'hdr_req_cap', g + rem_r, 'hdr_req_until', now + math.max(reset_r, 0), 'hdr_req_g', g)
   elseif g > tonumber(redis.call('HGET', st, 'hdr_req_g') or '0') then
     redis.call('HSET', st, 'hdr_req_until', 0)
   end
 end
 if rem_t >= 0 and belief_t >= 0 then
-  if rem_t < belief_t then
+  if rem_t < belief_t - later_t - 1 then
     redis.call('HSET', st, 'hdr_tok_cap', tg + rem_t, 'hdr_tok_until', now + math.max(reset_t, 0), 'hdr_tok_g', g)
   elseif g > tonumber(redis.call('HGET', st, 'hdr_tok_g') or '0') then
     redis.call('HSET', st, 'hdr_tok_until', 0)
@@ -242,8 +250,13 @@ def key_hash(api_key: str | None) -> str:
 
 
 def estimate_tokens(*texts: str | None, max_tokens: int = 0) -> int:
-    """Prompt estimate (characters / 4, no tokenizer download) plus the completion's ceiling."""
-    return sum((len(t) + 3) // 4 for t in texts if t) + max_tokens
+    """Prompt estimate (characters / 4, no tokenizer download) plus the completion's ceiling.
+
+    The texts are counted together, as the provider counts the request's messages: rounding each
+    one up separately would reserve up to a token per text more than the provider's estimate.
+    """
+    chars = sum(len(t) for t in texts if t)
+    return (chars + 3) // 4 + max_tokens
 
 
 def limits_for(settings: Settings, provider: str, khash: str) -> RateLimit:

@@ -78,6 +78,25 @@ async def test_provider_headers_saying_less_is_left_are_followed(settings, redis
     await bucket.acquire(0, soon(0.2))
 
 
+async def test_headers_counting_our_own_later_calls_do_not_cap_the_bucket(settings, redis):
+    lim = make(settings, redis, rpm=100, tpm=3000)
+    bucket = lim.bucket("openai", "sk-race")
+    first = await bucket.acquire(1000, soon())
+    second = await bucket.acquire(1000, soon())  # granted later, reached the provider first
+    # The provider's figures for the first call already hold the second: that is no unknown usage.
+    await bucket.settle(first, used=200, info=RateInfo(
+        remaining_requests=first.belief_r - 1, reset_requests_s=60,
+        remaining_tokens=first.belief_t - 1000, reset_tokens_s=60))
+    await bucket.settle(second, used=200)
+    for _ in range(5):  # a cap would hold these back for the header's whole minute
+        await bucket.settle(await bucket.acquire(1000, soon(0.5)), used=200)
+    # Usage the bucket cannot explain still caps it until the provider's reset.
+    g = await bucket.acquire(1000, soon())
+    await bucket.settle(g, used=200, info=RateInfo(remaining_tokens=500, reset_tokens_s=30))
+    with pytest.raises(RateLimited):
+        await bucket.acquire(1000, soon(1))
+
+
 async def test_a_429_pauses_the_whole_bucket(settings, redis):
     lim = make(settings, redis, rpm=100)
     bucket = lim.bucket("openai", "sk-p")
