@@ -75,8 +75,9 @@ async def test_wix_product_post_and_rewrite_written_back(client, workers, settin
         workers(1, publisher="wix", wix_base_url=wix.url, wix_api_token=WIX_TOKEN)
         source = {"type": "product", "product_id": "prod-1", "store": "store-9"}
         post = await client.enqueue("tenant-x", {"source": source})
-        rewrite = await client.enqueue("tenant-x", {"kind": "product_optimization", "source": source})
+        # One after the other: the rewrite renames the product the post reads.
         post_job = await finished(client, post["jobs"][0]["id"])
+        rewrite = await client.enqueue("tenant-x", {"kind": "product_optimization", "source": source})
         rw_job = await finished(client, rewrite["jobs"][0]["id"])
     assert post_job["status"] == "done" and rw_job["status"] == "done", (post_job, rw_job)
     src = await stage_output(pool, post_job["id"], "source")
