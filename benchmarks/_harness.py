@@ -32,6 +32,7 @@ from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 from blogqueue.testing.processes import RedisServer, WorkerProcess, free_port, redis_binary
+from blogqueue.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -290,14 +291,7 @@ async def bench_env(**changes: Any) -> AsyncIterator[Bench]:
 
 
 async def wait_for(check: Any, *, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+    return await wait_until(check, timeout=timeout, interval=interval, what=what, error=TimeoutError)
 
 
 def rss_kb(pid: int) -> int | None:

@@ -7,11 +7,9 @@ session starts itself, so a test may FLUSHALL it without touching anyone else's.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +21,7 @@ import pytest_asyncio
 from blogqueue import credits, db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
+from blogqueue.testing import waiting
 from blogqueue.testing.processes import BLOGQUEUE_WORKER, RedisServer, WorkerProcess, free_port, redis_binary
 
 # HTTP service fixtures (api, make_token) live in their own module.
@@ -125,17 +124,7 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., list[W
         print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
 
 
-async def wait_until(check: Callable[[], Awaitable[Any]], *, timeout: float = 30, interval: float = 0.05,
-                     what: str = "condition") -> Any:
-    """Polls `check` until it returns something truthy; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(interval)
+wait_until = waiting.wait_until  # tests import it from here
 
 
 def read_calls(settings: Settings) -> list[dict[str, Any]]:
