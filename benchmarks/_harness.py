@@ -24,13 +24,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
+from blogqueue.testing.databases import fresh_database
 from blogqueue.testing.processes import RedisServer, WorkerProcess, free_port, redis_binary
 from blogqueue.testing.waiting import wait_until
 
@@ -101,10 +101,6 @@ def _fmt(value: Any) -> str:
 
 # -- services -------------------------------------------------------------------
 
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
 def _free_port() -> int:
     return free_port()
 
@@ -132,24 +128,8 @@ def private_redis() -> Iterator[str]:
 @contextlib.asynccontextmanager
 async def bench_database(base: Settings) -> AsyncIterator[str]:
     """A fresh, migrated database `bq_bench_<pid>`, dropped at the end."""
-    name = f"bq_bench_{os.getpid()}"
-    admin_url = _with_db(base.database_url, "postgres")
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_db(base.database_url, name)
-    try:
-        await db.migrate(base.replace(database_url=url))
+    async with fresh_database(base, f"bq_bench_{os.getpid()}") as url:
         yield url
-    finally:
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 class Bench:

@@ -14,17 +14,13 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+from blogqueue.testing.databases import drop_database, recreate_database
 
 
 async def run_case(settings: Settings, pool: asyncpg.Pool, enabled: bool, jobs: int, batch: int) -> dict[str, float]:
@@ -56,13 +52,9 @@ async def main() -> None:
     args = parser.parse_args()
     base = Settings.from_env()
     name = "bq_bench_credits"
-    admin = await asyncpg.connect(_with_db(base.database_url, "postgres"))
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    settings = base.replace(database_url=_with_db(base.database_url, name), max_backlog=10**7,
+    settings = base.replace(database_url=await recreate_database(base, name), max_backlog=10**7,
                             max_tenant_backlog=10**7, max_batch_size=10_000)
     try:
-        await db.migrate(settings)
         pool = await db.create_pool(settings)
         try:
             results = {"off": await run_case(settings, pool, False, args.jobs, args.batch),
@@ -70,8 +62,7 @@ async def main() -> None:
         finally:
             await pool.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(base, name)
     print(f"{args.jobs} jobs, batches of {args.batch}")
     print(f"{'credits':<8} {'enqueue jobs/s':>15} {'finish jobs/s':>15}")
     for case, r in results.items():

@@ -18,19 +18,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 
 from blogqueue import db, tokens
 from blogqueue.settings import Settings
+from blogqueue.testing.databases import drop_database, recreate_database
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
 def _free_port() -> int:
@@ -75,15 +70,11 @@ async def _scenario(http: httpx.AsyncClient, name: str, batch: int, requests: in
 async def main(args: argparse.Namespace) -> None:
     base = Settings.from_env()
     name = f"bq_bench_http_{os.getpid()}"
-    admin = await asyncpg.connect(_with_db(base.database_url, "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    settings = base.replace(database_url=_with_db(base.database_url, name), max_backlog=10_000_000,
+    settings = base.replace(database_url=await recreate_database(base, name), max_backlog=10_000_000,
                             max_tenant_backlog=10_000_000, log_level="WARNING")
     port = _free_port()
     proc = None
     try:
-        await db.migrate(settings)
         pool = await db.create_pool(settings, max_size=2)
         token, _ = await tokens.create(pool, "bench")
         await pool.close()
@@ -104,9 +95,7 @@ async def main(args: argparse.Namespace) -> None:
         if proc:
             proc.terminate()
             proc.wait(15)
-        admin = await asyncpg.connect(_with_db(base.database_url, "postgres"))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(base, name)
     cols = list(rows[0])
     print(" | ".join(cols))
     for r in rows:

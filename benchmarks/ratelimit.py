@@ -17,44 +17,21 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import redis.asyncio as aioredis
 
 from blogqueue import db, ratelimit
 from blogqueue.client import Client
 from blogqueue.settings import RateLimit, Settings
+from blogqueue.testing.databases import drop_database, recreate_database
 from blogqueue.testing.fake_openai import FakeOpenAI
-from blogqueue.testing.processes import WorkerProcess
+from blogqueue.testing.processes import RedisServer, WorkerProcess
 
 OUT = Path(__file__).parent / "results" / "ratelimit.json"
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def _redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = shutil.which("redis-server") or "redis-server"
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                             "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def windows(calls: list[dict[str, Any]], until: float | None = None, step: float = 0.5) -> dict[str, float]:
@@ -78,28 +55,25 @@ def windows(calls: list[dict[str, Any]], until: float | None = None, step: float
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Settings.from_env()
     name = f"bq_bench_rl_{os.getpid()}"
-    admin = await asyncpg.connect(_with_db(base.database_url, "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
+    url = await recreate_database(base, name)
     tmp = tempfile.mkdtemp(prefix="bq-bench-rl-")
-    redis_proc, redis_url = _redis(tmp)
+    redis = RedisServer(tmp).start()
     fake = FakeOpenAI(rpm=args.rpm, tpm=args.tpm, completion_tokens=args.completion_tokens,
                       latency_ms=args.latency_ms).start()
     procs: list[WorkerProcess] = []
     try:
-        s = base.replace(database_url=_with_db(base.database_url, name), redis_url=redis_url,
+        s = base.replace(database_url=url, redis_url=redis.url,
                          queue_name="bench-rl", default_model="openai:gpt-4o-mini",
                          openai_api_key="sk-bench-platform-key-000000", openai_base_url=fake.base_url,
                          rate_limits={"openai": RateLimit(rpm=args.rpm, tpm=args.tpm)},
                          worker_concurrency=args.concurrency, max_inflight_per_tenant=1000,
                          max_tenant_backlog=100_000, log_level="WARNING",
                          rate_limit_max_wait_seconds=args.max_wait)
-        await db.migrate(s)
         procs = [WorkerProcess(s, Path(tmp) / f"worker-{i}.log").start() for i in range(args.workers)]
         pool = await db.create_pool(s)
         client = Client(s, pool)
         jobs = [{"source": {"type": "keyword", "keyword": f"topic {i}"}} for i in range(args.jobs)]
-        r = aioredis.Redis.from_url(redis_url)
+        r = aioredis.Redis.from_url(redis.url)
         start = time.time()
         out = await client.enqueue("bench-tenant", jobs)
         backlog_until = start
@@ -150,11 +124,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for p in procs:
             p.terminate(10)
         fake.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
-        admin = await asyncpg.connect(_with_db(base.database_url, "postgres"))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        redis.stop()
+        await drop_database(base, name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

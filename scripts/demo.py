@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 from rich.console import Console
 from rich.live import Live
@@ -34,6 +32,7 @@ from rich.table import Table
 
 from blogqueue import db, tokens
 from blogqueue.settings import Settings
+from blogqueue.testing.databases import recreate_database
 
 console = Console()
 SMALL_STORES = 30
@@ -60,17 +59,9 @@ def free_port() -> int:
 
 
 async def reset_database(settings: Settings) -> Settings:
-    parts = urlsplit(settings.database_url)
-    demo = settings.replace(database_url=urlunsplit(parts._replace(path="/blogqueue_demo")),
-                            queue_name="blogqueue-demo")
-    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-    try:
-        await admin.execute('DROP DATABASE IF EXISTS "blogqueue_demo" WITH (FORCE)')
-        await admin.execute('CREATE DATABASE "blogqueue_demo"')
-    finally:
-        await admin.close()
-    await db.migrate(demo)
-    return demo
+    """`blogqueue_demo` on the configured server, empty and migrated; kept afterwards to look at."""
+    url = await recreate_database(settings, "blogqueue_demo")
+    return settings.replace(database_url=url, queue_name="blogqueue-demo")
 
 
 def start(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:

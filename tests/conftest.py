@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -22,6 +21,7 @@ from blogqueue import credits, db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 from blogqueue.testing import waiting
+from blogqueue.testing.databases import fresh_database, with_database
 from blogqueue.testing.processes import BLOGQUEUE_WORKER, RedisServer, WorkerProcess, free_port, redis_binary
 
 # HTTP service fixtures (api, make_token) live in their own module.
@@ -32,11 +32,6 @@ TABLES = ("bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_ten
           "bq_tokens, bq_ai_settings, bq_provider_keys")
 
 
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
 def _free_port() -> int:
     return free_port()
 
@@ -45,7 +40,7 @@ def _free_port() -> int:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of this session's own; the configured one (db 13) if none can be started."""
     if redis_binary() is None:
-        yield _with_db(BASE.redis_url, "13")
+        yield with_database(BASE.redis_url, "13")  # a db number of its own
         return
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server.url
@@ -54,21 +49,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def database_url() -> AsyncIterator[str]:
-    name = f"bq_test_{os.getpid()}"
-    admin = await asyncpg.connect(_with_db(BASE.database_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_db(BASE.database_url, name)
-    await db.migrate(BASE.replace(database_url=url))
-    yield url
-    admin = await asyncpg.connect(_with_db(BASE.database_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(BASE, f"bq_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

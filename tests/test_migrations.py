@@ -3,8 +3,9 @@ import asyncio
 import asyncpg
 
 from blogqueue import db
+from blogqueue.testing.databases import fresh_database
 
-from .conftest import BASE, _with_db
+from .conftest import BASE
 
 
 async def test_migrate_is_idempotent(database_url):
@@ -12,12 +13,8 @@ async def test_migrate_is_idempotent(database_url):
 
 
 async def test_concurrent_migrations_apply_once():
-    name = "bq_test_migrate_race"
-    admin = await asyncpg.connect(_with_db(BASE.database_url, "postgres"))
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        s = BASE.replace(database_url=_with_db(BASE.database_url, name))
+    async with fresh_database(BASE, "bq_test_migrate_race", migrate=False) as url:
+        s = BASE.replace(database_url=url)
         results = await asyncio.gather(*(db.migrate(s) for _ in range(4)))
         applied = [r for r in results if r]
         assert len(applied) == 1, results
@@ -27,6 +24,3 @@ async def test_concurrent_migrations_apply_once():
             assert await conn.fetchval("SELECT count(*) FROM bq_schema_migrations") == len(db.migration_files())
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
