@@ -11,13 +11,12 @@ from typing import Any
 import httpx
 
 from .errors import FatalError, RateLimited, RetryableError
-from .settings import Settings
 
 USER_AGENT = "blogqueue/0.1"
 
 
-def client(settings: Settings, base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=settings.http_timeout_seconds,
+def client(timeout_seconds: float, base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_seconds,
                              headers={"User-Agent": USER_AGENT, **(headers or {})})
 
 
