@@ -1,6 +1,9 @@
 """The arq worker: claims attempts, runs pipelines, heartbeats, hosts a dispatcher.
 
-Run it with `blogqueue worker` or `arq blogqueue.worker.WorkerSettings`.
+Run it with `blogqueue worker [--app MODULE:ATTR]` or `arq blogqueue.worker.WorkerSettings`
+(which reads `BLOGQUEUE_APP`). A worker runs the kinds of its app (blogqueue.App) and
+records them in `bq_workers.kinds`, so the dispatcher hands out only kinds a live
+worker knows.
 
 arq settings chosen on purpose (DESIGN §9):
 - `max_jobs` = WORKER_CONCURRENCY; the dispatcher never puts more in arq's

@@ -204,3 +204,15 @@ async def test_a_stage_that_returns_no_dict_fails_clearly(client: blogqueue.Clie
     with pytest.raises(blogqueue.FatalError) as err:
         await run_pipeline(Run(job, app=app, settings=client.settings, pool=pool), lambda: False)
     assert err.value.code == "bad_stage_output" and "'bad'" in err.value.message
+
+
+def test_the_readme_example_is_the_example_that_runs() -> None:
+    """README's extension example is examples/faq_plugin, line for line (tests/test_app_plugin.py runs it)."""
+    from pathlib import Path
+
+    readme = Path("README.md").read_text()
+    block = readme.split("This is [examples/faq_plugin]", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    source = Path("examples/faq_plugin/__init__.py").read_text()
+    lines = [line.split("  #")[0].rstrip() for line in block.splitlines() if line.strip()]
+    missing = [line for line in lines if line not in source]
+    assert not missing and len(lines) >= 30, missing
