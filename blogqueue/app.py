@@ -138,30 +138,14 @@ class App:
         self._providers: dict[str, ProviderEntry] = {}
         self._prompts: dict[str, Prompt] = {}
         self._built: dict[tuple[str, str], tuple[Settings, Any]] = {}
+        # Read-only views of the registry (they follow later registrations).
+        self.kinds: Mapping[str, Kind] = MappingProxyType(self._kinds)
+        self.sources: Mapping[str, Source] = MappingProxyType(self._sources)
+        self.publishers: Mapping[str, PublisherEntry] = MappingProxyType(self._publishers)
+        self.providers: Mapping[str, ProviderEntry] = MappingProxyType(self._providers)
+        self.prompts: Mapping[str, Prompt] = MappingProxyType(self._prompts)
         if builtins:
             _register_builtins(self)
-
-    # -- read-only views -----------------------------------------------------------
-
-    @property
-    def kinds(self) -> Mapping[str, Kind]:
-        return MappingProxyType(self._kinds)
-
-    @property
-    def sources(self) -> Mapping[str, Source]:
-        return MappingProxyType(self._sources)
-
-    @property
-    def publishers(self) -> Mapping[str, PublisherEntry]:
-        return MappingProxyType(self._publishers)
-
-    @property
-    def providers(self) -> Mapping[str, ProviderEntry]:
-        return MappingProxyType(self._providers)
-
-    @property
-    def prompts(self) -> Mapping[str, Prompt]:
-        return MappingProxyType(self._prompts)
 
     @property
     def key_providers(self) -> tuple[str, ...]:
@@ -371,15 +355,15 @@ def _register_builtins(app: App) -> None:
     from .publishers import none, webhook
     from .publishers import wix as wix_publisher
     from .sources import keyword, product, tmdb
-    from .wix import WixConfig
+    from .wix import config as wix_config
 
     app.source("keyword", keyword.fetch, fields=keyword.KeywordFields)
-    app.source("product", product.fetch, fields=product.ProductFields, config=WixConfig.from_settings)
-    app.source("tmdb", tmdb.fetch, fields=tmdb.TMDbFields, config=tmdb.TMDbConfig.from_settings)
+    app.source("product", product.fetch, fields=product.ProductFields, config=wix_config)
+    app.source("tmdb", tmdb.fetch, fields=tmdb.TMDbFields, config=tmdb.config)
 
     app.publisher("none", none)
     app.publisher("webhook", webhook, config=webhook.WebhookConfig.from_settings)
-    app.publisher("wix", wix_publisher, config=WixConfig.from_settings)
+    app.publisher("wix", wix_publisher, config=wix_config)
 
     app.provider("offline", offline.OfflineProvider, models=offline.validate, needs_key=False,
                  limit_dimensions=(),  # network-free: its simulated 429s go straight to the engine

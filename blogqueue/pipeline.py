@@ -39,13 +39,14 @@ class StopRequested(Exception):
 class Run:
     """One attempt of one job, as its stages see it.
 
-    Attributes (read-only):
+    Attributes (treat them as read-only):
       job_id, tenant_id, user_id (None when enqueued without a user), attempt
         (1 for the first run; a retry resumes at the first unsaved stage),
       spec      the submitted job: `source` (validated, with `type`), `metadata`,
                 `image`, `publish`, `model` (None: the user's or the default),
       outputs   saved outputs of the stages before this one, by stage name,
-      stage     the running stage's name.
+      stage     the running stage's name,
+      kind, app the job's kind and the App it runs in.
 
     Calls:
       await run.text(system, prompt, *, max_tokens=1500, json_output=False)
@@ -63,40 +64,18 @@ class Run:
     def __init__(self, job: dict[str, Any], *, app: App, settings: Settings, pool: asyncpg.Pool,
                  outputs: dict[str, Any] | None = None) -> None:
         self.job = job
+        self.job_id = str(job["id"])
+        self.tenant_id = str(job["tenant_id"])
+        self.user_id: str | None = job.get("user_id")
+        self.attempt = int(job["attempt"])
+        self.kind = str(job["kind"])
+        self.spec: dict[str, Any] = {**job["spec"], "model": job.get("model")}
         self.outputs: dict[str, Any] = dict(outputs or {})
         self.stage = ""
-        self._app = app
+        self.app = app
         self._settings = settings
         self._pool = pool
         self._resolved: Resolved | None = None
-
-    @property
-    def job_id(self) -> str:
-        return str(self.job["id"])
-
-    @property
-    def tenant_id(self) -> str:
-        return str(self.job["tenant_id"])
-
-    @property
-    def user_id(self) -> str | None:
-        return self.job.get("user_id")
-
-    @property
-    def attempt(self) -> int:
-        return int(self.job["attempt"])
-
-    @property
-    def kind(self) -> str:
-        return str(self.job["kind"])
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return {**self.job["spec"], "model": self.job.get("model")}
-
-    @property
-    def app(self) -> App:
-        return self._app
 
     # -- provider calls ------------------------------------------------------------
 
@@ -106,10 +85,10 @@ class Run:
     async def _provider(self) -> tuple[Resolved, Provider, bool]:
         """The resolved model and key, the adapter, and whether the limiter meters it."""
         if self._resolved is None:
-            self._resolved = await resolve(self.job, self._settings, self._pool, self._app)
+            self._resolved = await resolve(self.job, self._settings, self._pool, self.app)
         r = self._resolved
-        entry = self._app.providers[r.provider]
-        return r, self._app.provider_adapter(r.provider, self._settings), bool(entry.limit_dimensions)
+        entry = self.app.providers[r.provider]
+        return r, self.app.provider_adapter(r.provider, self._settings), bool(entry.limit_dimensions)
 
     async def text(self, system: str, prompt: str, *, max_tokens: int = 1500,
                    json_output: bool = False) -> TextResult:
@@ -151,20 +130,20 @@ class Run:
 
     def prompt(self, name: str) -> Prompt:
         try:
-            return self._app.prompts[name]
+            return self.app.prompts[name]
         except KeyError:
             raise FatalError(f"no prompt {name!r} is registered on this app", code="unknown_prompt") from None
 
     async def fetch_source(self) -> dict[str, Any]:
-        return await self._app.fetch_source(self.job["spec"]["source"], self._settings, self.tenant_id)
+        return await self.app.fetch_source(self.job["spec"]["source"], self._settings, self.tenant_id)
 
     async def publish(self, post: dict[str, Any], source: dict[str, Any] | None = None) -> dict[str, Any]:
-        publisher, config = self._app.publisher_for(self._settings)
+        publisher, config = self.app.publisher_for(self._settings)
         out: dict[str, Any] = await publisher.publish(self.job, post, source or {}, config)
         return out
 
     async def write_back(self, rewrite: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
-        publisher, config = self._app.publisher_for(self._settings)
+        publisher, config = self.app.publisher_for(self._settings)
         out: dict[str, Any] = await publisher.write_back(self.job, rewrite, product, config)
         return out
 

@@ -8,7 +8,6 @@ store. The token never leaves these headers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,23 +19,18 @@ from .settings import Settings
 SERVICE = "Wix"
 
 
-@dataclass(frozen=True)
-class WixConfig:
-    """What the Wix source and publisher are given: Wix's URL, the platform token, the timeout."""
+WixConfig = remote.ServiceConfig
 
-    base_url: str = "https://www.wixapis.com"
-    api_token: str | None = field(default=None, repr=False)
-    timeout_seconds: float = 30.0
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> WixConfig:
-        return cls(settings.wix_base_url, settings.wix_api_token, settings.http_timeout_seconds)
+def config(settings: Settings) -> WixConfig:
+    """What the Wix source and publisher are given: WIX_BASE_URL, WIX_API_TOKEN, the timeout."""
+    return WixConfig(settings.wix_base_url, settings.wix_api_token, settings.http_timeout_seconds)
 
 
 def _client(config: WixConfig, site_id: str, idempotency_key: str | None = None) -> httpx.AsyncClient:
-    if not config.api_token:
+    if not config.credential:
         raise FatalError("Wix is not configured: set BLOGQUEUE_WIX_API_TOKEN", code="missing_api_key")
-    headers = {"Authorization": config.api_token, "wix-site-id": site_id}
+    headers = {"Authorization": config.credential, "wix-site-id": site_id}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     return remote.client(config.timeout_seconds, config.base_url, headers)

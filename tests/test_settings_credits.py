@@ -64,14 +64,15 @@ async def test_wix_refusals_are_fatal_and_clear():
     job = {"id": uuid.uuid4(), "tenant_id": "store-1"}
     rewrite = {"title": "t", "description": "d", "seo_title": "s", "seo_description": "sd"}
     with pytest.raises(FatalError) as err:
-        await wix_publisher.write_back(job, rewrite, {"product": {"name": "inline"}}, WixConfig(api_token="x"))
+        await wix_publisher.write_back(job, rewrite, {"product": {"name": "inline"}},
+                                       WixConfig("https://wix.invalid", "x"))
     assert err.value.code == "no_wix_product"
     with pytest.raises(FatalError) as err:
-        await wix_publisher.publish(job, {"title": "t", "body": "b"}, {}, WixConfig())
+        await wix_publisher.publish(job, {"title": "t", "body": "b"}, {}, WixConfig("https://wix.invalid"))
     assert err.value.code == "missing_api_key"
     with FakeWix("right-token") as wix:
         with pytest.raises(FatalError) as err:
             await wix_publisher.publish(job, {"title": "t", "body": "b"}, {},
-                                        WixConfig(base_url=wix.url, api_token="wrong-token"))
+                                        WixConfig(wix.url, "wrong-token"))
         assert wix.drafts == {}
     assert err.value.code == "unauthorized" and "wrong-token" not in err.value.message

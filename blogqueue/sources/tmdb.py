@@ -10,7 +10,6 @@ Filters apply to the list's entries; up to MAX_PAGES pages are read to find
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -27,17 +26,9 @@ SERVICE = "TMDb"
 LABELS = {"popular": "popular", "top_rated": "top rated", "trending": "trending", "now_playing": "now playing"}
 
 
-@dataclass(frozen=True)
-class TMDbConfig:
-    """What the tmdb source is given: TMDb's URL, the platform's key, the timeout."""
-
-    base_url: str = "https://api.themoviedb.org"
-    api_key: str | None = field(default=None, repr=False)
-    timeout_seconds: float = 30.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TMDbConfig:
-        return cls(settings.tmdb_base_url, settings.tmdb_api_key, settings.http_timeout_seconds)
+def config(settings: Settings) -> remote.ServiceConfig:
+    """What the tmdb source is given: TMDB_BASE_URL, TMDB_API_KEY and the timeout."""
+    return remote.ServiceConfig(settings.tmdb_base_url, settings.tmdb_api_key, settings.http_timeout_seconds)
 
 
 class TMDbFields(SourceFields):
@@ -100,10 +91,10 @@ def _passes(item: dict[str, Any], source: dict[str, Any]) -> bool:
     return year is None or source.get("year_from", 0) <= year <= source.get("year_to", 9999)
 
 
-async def fetch(source: dict[str, Any], config: TMDbConfig, tenant_id: str) -> dict[str, Any]:
-    if not config.api_key:
+async def fetch(source: dict[str, Any], config: remote.ServiceConfig, tenant_id: str) -> dict[str, Any]:
+    if not config.credential:
         raise FatalError("TMDb is not configured: set BLOGQUEUE_TMDB_API_KEY", code="missing_api_key")
-    headers, auth = _auth(config.api_key)
+    headers, auth = _auth(config.credential)
     picked: list[dict[str, Any]] = []
     async with remote.client(config.timeout_seconds, config.base_url, headers) as http:
         page, pages = 1, 1
