@@ -146,7 +146,8 @@ class Chaos:
                 await self.client.put_ai_settings(tenant, user, {"keys": {"openai": OWN_KEY}})
             if self.settings.credits_enabled:
                 app = self.client.app
-                await self.client.grant_credits(tenant, size * max(app.credit_cost(k, self.settings) for k in app.kinds))
+                most = max(app.credit_cost(k, self.settings) for k in app.kinds)
+                await self.client.grant_credits(tenant, size * most)
             for start in range(0, size, 500):
                 jobs = []
                 for i in range(start, min(size, start + 500)):
