@@ -347,6 +347,13 @@ def _check_name(what: str, name: Any) -> None:
                          f"got {name!r}")
 
 
+def _endpoint(url_setting: str, make: Callable[[str | None, float], Any]) -> ConfigFactory:
+    """A provider's own configuration: its base URL setting and the provider timeout, nothing else."""
+    def config(settings: Settings) -> Any:
+        return make(getattr(settings, url_setting), settings.provider_timeout_seconds)
+    return config
+
+
 def _register_builtins(app: App) -> None:
     """The built-ins, through the public API (one place: this is where they are listed)."""
     from .kinds import blog_post, product_optimization
@@ -374,7 +381,7 @@ def _register_builtins(app: App) -> None:
             ("gemini", gemini, gemini.GeminiProvider, "gemini_api_key", "gemini_base_url"),
             ("replicate", replicate, replicate.ReplicateProvider, "replicate_api_token", "replicate_base_url")):
         app.provider(name, factory, models=module.validate, platform_key=attrgetter(key),
-                     config=lambda s, url=url: ProviderConfig(getattr(s, url), s.provider_timeout_seconds))
+                     config=_endpoint(url, ProviderConfig))
 
     blog_post.register(app)
     product_optimization.register(app)
