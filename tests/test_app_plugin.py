@@ -166,13 +166,11 @@ async def test_a_kind_no_live_worker_knows_waits_queued_with_a_reason(settings: 
 @pytest.mark.parametrize(("argv", "env", "names"), [
     (("-m", "blogqueue.cli", "worker", "--app", "no_such_plugin:app"), {}, "--app=no_such_plugin:app"),
     (("-m", "blogqueue.cli", "serve", "--app", "tests.apps:not_an_app"), {}, "not a blogqueue.App"),
-    (("-m", "blogqueue.cli", "worker"), {"BLOGQUEUE_APP": "tests.apps:missing"}, "BLOGQUEUE_APP="),
     (ARQ_WORKER, {"BLOGQUEUE_APP": "no_such_plugin:app"}, "BLOGQUEUE_APP=no_such_plugin:app"),
     (("-m", "blogqueue.cli", "worker"), {"BLOGQUEUE_PUBLISHER": "pages"}, "BLOGQUEUE_PUBLISHER"),
-    (("-m", "blogqueue.cli", "worker", "--app", PLUGIN), {"BLOGQUEUE_CREDIT_COSTS": "poem=1"},
-     "BLOGQUEUE_CREDIT_COSTS"),
 ])
-def test_a_bad_app_stops_the_process_naming_it(settings: Settings, argv: tuple[str, ...], env: dict[str, str],
+def test_a_bad_app_stops_the_process_naming_it(  # App.check's other refusals: tests/test_settings_credits.py
+settings: Settings, argv: tuple[str, ...], env: dict[str, str],
                                                names: str) -> None:
     proc = subprocess.run([sys.executable, *argv], env={**_env(settings), **env}, capture_output=True, text=True,
                           timeout=60)
