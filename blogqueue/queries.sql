@@ -336,8 +336,10 @@ FROM bq_leader WHERE queue_name = $1;
 -- fences whatever the previous epoch still had in flight. Returns nothing when a live leader
 -- holds it (two followers racing: the second waits for the first's row lock, then finds
 -- a live lease). The previous holder's backend is returned so it can be ended.
+-- `prev` is read from the statement's snapshot (no FOR UPDATE: the upsert below modifies
+-- that row in this same command, and a locking read would then skip it).
 WITH prev AS (
-    SELECT holder, backend_pid FROM bq_leader WHERE queue_name = $1 FOR UPDATE
+    SELECT holder, backend_pid FROM bq_leader WHERE queue_name = $1
 ), taken AS (
     INSERT INTO bq_leader (queue_name, epoch, holder, backend_pid, lease_until)
     VALUES ($1, 1, $2, pg_backend_pid(), now() + make_interval(secs => $3))
