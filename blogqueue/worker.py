@@ -105,7 +105,7 @@ class WorkerRuntime:
             try:
                 await conn.fetchval("SELECT 1", timeout=self._db_timeout())
                 return
-            except (*DB_ERRORS, asyncpg.PostgresError) as exc:
+            except DB_DOWN as exc:
                 log.warning("LISTEN connection lost; reconnecting", error=type(exc).__name__)
                 await self._close_listen()
         conn = await db.connect(self.settings, "blogqueue listen")
@@ -134,8 +134,11 @@ class WorkerRuntime:
                 await self.pool.execute(Q["heartbeat"], self.worker_id, len(self.running), self.done,
                                         self.failed, self.dispatcher.is_leader, timeout=self._db_timeout())
                 await self._listen()
-            except (*DB_ERRORS, asyncpg.PostgresError) as exc:
+            except DB_DOWN as exc:
                 log.warning("heartbeat failed", error=type(exc).__name__, detail=str(exc)[:200])
+            except Exception:
+                # The heartbeat must outlive anything: without it this worker's attempts lapse.
+                log.exception("heartbeat failed unexpectedly")
             self._status_line()
 
     def _status_line(self) -> None:
@@ -266,6 +269,11 @@ DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.ex
              ConnectionError, TimeoutError)
 
 
+# Whatever a statement raises while PostgreSQL is out of reach: the above, plus the OSError
+# of a connect that found no route (EHOSTUNREACH while partitioned), plus server errors.
+DB_DOWN = (*DB_ERRORS, OSError, asyncpg.PostgresError)
+
+
 async def _retrying_db(call: Any, *args: Any, tries: int = 6) -> Any:
     """Runs one statement, retrying on a fresh pooled connection when the connection died.
 
@@ -275,7 +283,7 @@ async def _retrying_db(call: Any, *args: Any, tries: int = 6) -> Any:
     for n in range(tries):
         try:
             return await call(*args)
-        except DB_ERRORS:
+        except (*DB_ERRORS, OSError):
             if n == tries - 1:
                 raise
             await asyncio.sleep(0.2 * (n + 1))

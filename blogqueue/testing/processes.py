@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import ipaddress
 import os
 import pwd
 import shutil
@@ -255,6 +256,11 @@ class PostgresCluster:
         data = os.path.join(self.datadir, "data")
         self._pg("initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
         self.data = data
+        # initdb trusts only the loopback addresses; a cluster on a test link also trusts
+        # that link's /30 (the two ends of one veth pair), nothing wider.
+        net = ipaddress.ip_network(f"{self.host}/30", strict=False)
+        with open(os.path.join(data, "pg_hba.conf"), "a") as hba:
+            hba.write(f"host all all {net} trust\n")
         return self
 
     def _options(self) -> str:
