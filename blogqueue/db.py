@@ -98,8 +98,8 @@ async def _release_as_is(conn: asyncpg.Connection) -> None:
 
     That query is one more round trip and one more transaction on every release,
     which doubled the database work per job (benchmarks/engine.py). Pool
-    connections never keep session state here: LISTEN and session advisory
-    locks use `connect()`, transaction-scoped locks end with their transaction,
+    connections never keep session state here: LISTEN and the dispatcher's lease
+    connection use `connect()`, transaction-scoped locks end with their transaction,
     and asyncpg still rolls back an open transaction before this runs.
     """
 
