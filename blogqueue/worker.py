@@ -166,10 +166,11 @@ class WorkerRuntime:
             task = self.running.get(job_id)
             if job_id not in owned and task is not None and not task.done():
                 # Not renewed: this worker was frozen or cut off past the lease and the
-                # attempt went back to the queue. Its writes are refused anyway; stop paying
-                # for calls whose results could not be saved.
+                # attempt went back to the queue. Its writes are refused anyway, so it stops at
+                # the next stage boundary instead of paying for more calls. Not at once: a call
+                # cut off mid-request (a publish half sent) helps nobody.
                 self.lost.add(job_id)
-                task.cancel()
+                self.stop_requested.add(job_id)
 
     def request_stop(self, job_id: str) -> None:
         """Aborts the attempt's in-flight call now; its stage outputs so far stay saved."""
