@@ -161,6 +161,36 @@ async def test_a_stale_epoch_changes_nothing(client: Client, pool: asyncpg.Pool,
         await redis.aclose()
 
 
+# -- dead-peer bounds ---------------------------------------------------------------------
+
+async def test_connections_carry_dead_peer_bounds(settings: Settings) -> None:
+    """Both ends of every PostgreSQL connection, and every Redis client, give up on a silent peer."""
+    import socket
+
+    s = settings.replace(lease_seconds=12.0, heartbeat_seconds=2.0)
+    conn = await db.connect(s, "bounds check")
+    try:
+        shown = {name: await conn.fetchval(f"SHOW {name}") for name in
+                 ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout",
+                  "application_name")}
+        sock = conn._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        client_side = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+    finally:
+        await conn.close()
+    assert shown == {"tcp_keepalives_idle": "6", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3",
+                     "tcp_user_timeout": "12000", "application_name": "bounds check"}
+    assert client_side == (1, 6, 12000)
+    redis = arq_redis(s)
+    try:
+        kw = redis.connection_pool.connection_kwargs
+        assert kw["socket_timeout"] == 6.0 and kw["socket_connect_timeout"] == 5.0 and kw["socket_keepalive"]
+        assert await redis.ping()
+    finally:
+        await redis.aclose()
+
+
 # -- 1. the leader frozen --------------------------------------------------------------------
 
 @pytest.mark.parametrize(("lease", "freeze_s", "jobs"), [
