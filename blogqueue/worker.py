@@ -129,17 +129,22 @@ class WorkerRuntime:
         s = self.settings
         while True:
             await asyncio.sleep(s.heartbeat_seconds)
-            try:
-                await self._renew_and_check()
-                await self.pool.execute(Q["heartbeat"], self.worker_id, len(self.running), self.done,
-                                        self.failed, self.dispatcher.is_leader, timeout=self._db_timeout())
-                await self._listen()
-            except DB_DOWN as exc:
-                log.warning("heartbeat failed", error=type(exc).__name__, detail=str(exc)[:200])
-            except Exception:
-                # The heartbeat must outlive anything: without it this worker's attempts lapse.
-                log.exception("heartbeat failed unexpectedly")
+            # Each step on its own: a lease renewal that timed out must not cost the heartbeat
+            # that keeps this worker's capacity counted, nor the LISTEN check.
+            for step in (self._renew_and_check, self._beat, self._listen):
+                try:
+                    await step()
+                except DB_DOWN as exc:
+                    log.warning("heartbeat failed", step=step.__name__.strip("_"), error=type(exc).__name__,
+                                detail=str(exc)[:200])
+                except Exception:
+                    # The heartbeat must outlive anything: without it this worker's attempts lapse.
+                    log.exception("heartbeat failed unexpectedly", step=step.__name__.strip("_"))
             self._status_line()
+
+    async def _beat(self) -> None:
+        await self.pool.execute(Q["heartbeat"], self.worker_id, len(self.running), self.done, self.failed,
+                                self.dispatcher.is_leader, timeout=self._db_timeout())
 
     def _status_line(self) -> None:
         """The operators' heartbeat line: in flight, done, failed, rate since the last one."""
@@ -254,7 +259,8 @@ class WorkerRuntime:
         row = await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], job["id"], job["attempt"], status,
                                  failures, delay, error, code, result, event, detail)
         if row is None:
-            log.info("attempt no longer owns the job; its finish was refused", stage=job.get("stage"), wanted=status)
+            log.info("attempt no longer owns the job; its finish was refused", stage=(detail or {}).get("stage"),
+                     wanted=status)
             return "stale"
         if row["status"] == "done":
             self.done += 1
@@ -374,8 +380,9 @@ def run(settings: Settings) -> None:
         try:
             run_worker(kwargs)  # type: ignore[arg-type]
             return
-        except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # OSError covers refused and timed-out connections (ConnectionError, TimeoutError).
+        except (RedisError, OSError, *DB_ERRORS) as exc:
+            # Unreachable peers only (OSError covers refused, unroutable and timed-out connects);
+            # anything else, a missing migration say, still ends the process with its traceback.
             what = "Redis" if isinstance(exc, RedisError) else "PostgreSQL or Redis"
             log.warning(f"worker: {what} unreachable; restarting the arq loop", error=type(exc).__name__,
                         detail=str(exc)[:200], backoff_s=backoff)
