@@ -317,7 +317,7 @@ async def cluster_factory() -> AsyncIterator[Any]:
 
 @pytest.mark.parametrize(("lease", "jobs"), [
     pytest.param(3.0, 16, id="short"),
-    pytest.param(10.0, 120, id="long", marks=pytest.mark.chaos),
+    pytest.param(10.0, 40, id="long", marks=pytest.mark.chaos),
 ])
 async def test_partitioned_worker_is_fenced_and_recovers(lease: float, jobs: int, settings: Settings,
                                                          netns: NetNamespace, cluster_factory: Any,
@@ -412,7 +412,7 @@ async def test_partitioned_worker_is_fenced_and_recovers(lease: float, jobs: int
 
 @pytest.mark.parametrize(("jobs", "restarts"), [
     pytest.param(200, 1, id="short"),
-    pytest.param(2000, 3, id="long", marks=pytest.mark.chaos),
+    pytest.param(600, 3, id="long", marks=pytest.mark.chaos),
 ])
 async def test_postgresql_fast_restart_mid_run(jobs: int, restarts: int, settings: Settings, cluster_factory: Any,
                                                api: Api, tmp_path: Path) -> None:
