@@ -64,7 +64,10 @@ REAP_BATCH = 1000
 
 # What ends a leadership term without being a bug: PostgreSQL or Redis unreachable, a
 # statement that timed out on a dead peer, the connection ended by a takeover.
-LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, RedisError)
+# InternalClientError: a connection the server ended mid-operation (a fast shutdown) can be
+# left in a broken protocol state, and asyncpg says so with this (it is no PostgresError).
+LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError,
+        RedisError)
 
 
 def leader_application_name(holder: str) -> str:
@@ -112,6 +115,12 @@ class Dispatcher:
                 # PostgreSQL or Redis went away: drop leadership, wait, try again.
                 log.warning("dispatcher: connection failed; retrying", error=type(exc).__name__,
                             detail=str(exc)[:200], epoch=self.epoch)
+                await self._drop()
+                await asyncio.sleep(1.0)
+            except Exception:
+                # Never die: a dead dispatcher task would leave this worker believing it leads
+                # (nobody else could take over before its lease lapsed, and it renews nothing).
+                log.exception("dispatcher: unexpected error; starting over", epoch=self.epoch)
                 await self._drop()
                 await asyncio.sleep(1.0)
 
