@@ -257,7 +257,8 @@ class Dispatcher:
             return False
         self.cycles += 1
         self.last_cycle_at = time.time()
-        async with self.pool.acquire() as conn:
+        # Bounded: a leader stuck waiting for a pooled connection would hold a lease it cannot use.
+        async with self.pool.acquire(timeout=max(5.0, s.lease_seconds)) as conn:
             await conn.execute(Q["promote_scheduled"], PROMOTE_BATCH, s.queue_name, epoch)
             reaped = await conn.fetch(Q["reap_leases"], s.max_attempts, REAP_BATCH, s.queue_name, epoch)
             if reaped:
