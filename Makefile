@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ENV_FILE := .blogqueue/env
 LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 
-.PHONY: install services migrate test chaos lint demo bench bench-http bench-ratelimit bench-load worker serve clean
+.PHONY: install services test-deps migrate test chaos lint demo bench bench-http bench-ratelimit bench-load worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,18 @@ services: $(STAMP)
 migrate: services
 	$(LOAD_ENV) $(VENV)/bin/blogqueue migrate
 
-test: services
+# The partition test (tests/test_liveness.py) needs iproute2's `ip` for network namespaces;
+# a bare Debian image may lack it. Installed when root with apt-get, else the test says why it skips.
+test-deps:
+	@command -v ip >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q iproute2 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q iproute2 >/dev/null; }; }; } || \
+	  echo "note: iproute2 is not installed; the network-partition test will skip"
+
+test: services test-deps
 	$(LOAD_ENV) $(VENV)/bin/ruff check .
 	$(LOAD_ENV) $(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
 
-chaos: services
+chaos: services test-deps
 	$(LOAD_ENV) $(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 # DEMO_JOBS=N scales the big store's share of the load.

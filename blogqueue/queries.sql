@@ -120,18 +120,28 @@ SELECT id, status FROM upd;
 SELECT pg_notify('blogqueue_cancel', $1);
 
 -- name: promote_scheduled
+-- Fenced ($2 queue, $3 leadership epoch): see `leader_fence`. Every dispatch statement
+-- starts with the same `lead` CTE, which locks the lease row FOR SHARE: a takeover
+-- (an UPDATE of that row) waits for it, and once a takeover has committed the row
+-- no longer matches the old epoch, so a stale leader's statement changes nothing.
+WITH lead AS (
+    SELECT 1 FROM bq_leader WHERE queue_name = $2 AND epoch = $3 AND lease_until > now() FOR SHARE
+)
 UPDATE bq_jobs SET status = 'queued', updated_at = now()
 WHERE id IN (SELECT id FROM bq_jobs WHERE status = 'scheduled' AND run_at <= now()
              ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-  AND status = 'scheduled';
+  AND status = 'scheduled' AND EXISTS (SELECT 1 FROM lead);
 
 -- name: reap_leases
 -- Work whose lease lapsed goes back to the queue. A dispatched attempt that never
 -- started (Redis lost it) costs nothing; a running one whose worker vanished counts
 -- as a failure, so a job that kills its worker every time ends failed.
-WITH lapsed AS (
+-- Fenced by the leadership epoch ($3 queue, $4 epoch), like promote_scheduled.
+WITH lead AS (
+    SELECT 1 FROM bq_leader WHERE queue_name = $3 AND epoch = $4 AND lease_until > now() FOR SHARE
+), lapsed AS (
     SELECT id FROM bq_jobs
-    WHERE status IN ('dispatched', 'running') AND lease_until < now()
+    WHERE status IN ('dispatched', 'running') AND lease_until < now() AND EXISTS (SELECT 1 FROM lead)
     ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED
 ), upd AS (
     UPDATE bq_jobs j SET
@@ -210,8 +220,13 @@ LIMIT $1;
 
 -- name: dispatch
 -- Multi-row writers (this, stop_jobs) lock rows in id order, so they cannot deadlock.
-WITH locked AS (
-    SELECT id FROM bq_jobs WHERE id = ANY($1::uuid[]) AND status = 'queued' ORDER BY id FOR UPDATE
+-- Fenced by the leadership epoch ($3 queue, $4 epoch), like promote_scheduled: a stale
+-- leader hands out nothing, so it pushes nothing to arq.
+WITH lead AS (
+    SELECT 1 FROM bq_leader WHERE queue_name = $3 AND epoch = $4 AND lease_until > now() FOR SHARE
+), locked AS (
+    SELECT id FROM bq_jobs WHERE id = ANY($1::uuid[]) AND status = 'queued' AND EXISTS (SELECT 1 FROM lead)
+    ORDER BY id FOR UPDATE
 )
 UPDATE bq_jobs j SET status = 'dispatched', attempt = j.attempt + 1,
     lease_until = now() + make_interval(secs => $2), dispatched_at = clock_timestamp(), updated_at = now()
@@ -219,8 +234,12 @@ FROM locked l WHERE j.id = l.id AND j.status = 'queued'
 RETURNING j.id, j.attempt;
 
 -- name: undispatch
+-- Gives back attempts the dispatcher could not push to arq. Only those very attempts:
+-- if one lapsed meanwhile and another leader handed out its next attempt, it is left alone.
 WITH locked AS (
-    SELECT id FROM bq_jobs WHERE id = ANY($1::uuid[]) AND status = 'dispatched' ORDER BY id FOR UPDATE
+    SELECT j.id FROM bq_jobs j JOIN unnest($1::uuid[], $2::int[]) AS a(id, attempt)
+        ON a.id = j.id AND a.attempt = j.attempt
+    WHERE j.status = 'dispatched' ORDER BY j.id FOR UPDATE OF j
 )
 UPDATE bq_jobs j SET status = 'queued', lease_until = NULL, updated_at = now()
 FROM locked l WHERE j.id = l.id;
@@ -318,8 +337,55 @@ UPDATE bq_workers SET stopped_at = now(), in_flight = 0, is_leader = false WHERE
 DELETE FROM bq_workers
 WHERE coalesce(stopped_at, heartbeat_at) < now() - interval '1 day';
 
--- name: try_leader_lock
-SELECT pg_try_advisory_lock(hashtext('blogqueue.dispatcher'), hashtext($1)) AS leader;
+-- name: leader_current
+-- The queue's dispatcher lease as a follower sees it ($1 queue).
+SELECT epoch, holder, backend_pid, lease_until > now() AS live,
+       extract(epoch FROM lease_until - now())::float8 AS remaining_s
+FROM bq_leader WHERE queue_name = $1;
+
+-- name: leader_acquire
+-- Takes the lease ($1 queue, $2 worker id, $3 lease seconds) when nobody holds it, its
+-- holder let it lapse, or the holder is this worker coming back on a new connection (after
+-- a PostgreSQL restart: no need to wait out its own lease); every take is a new epoch, which
+-- fences whatever the previous epoch still had in flight. Returns nothing when a live leader
+-- holds it (two followers racing: the second waits for the first's row lock, then finds
+-- a live lease). The previous holder's backend is returned so it can be ended.
+-- `prev` is read from the statement's snapshot (no FOR UPDATE: the upsert below modifies
+-- that row in this same command, and a locking read would then skip it).
+WITH prev AS (
+    SELECT holder, backend_pid FROM bq_leader WHERE queue_name = $1
+), taken AS (
+    INSERT INTO bq_leader (queue_name, epoch, holder, backend_pid, lease_until)
+    VALUES ($1, 1, $2, pg_backend_pid(), now() + make_interval(secs => $3))
+    ON CONFLICT (queue_name) DO UPDATE SET
+        epoch = bq_leader.epoch + 1, holder = EXCLUDED.holder, backend_pid = EXCLUDED.backend_pid,
+        acquired_at = now(), lease_until = EXCLUDED.lease_until
+    WHERE bq_leader.lease_until < now() OR bq_leader.holder = EXCLUDED.holder
+    RETURNING epoch
+)
+SELECT t.epoch, p.holder AS previous_holder, p.backend_pid AS previous_pid
+FROM taken t LEFT JOIN prev p ON true;
+
+-- name: leader_renew
+-- The leader's proof of life ($1 queue, $2 epoch, $3 lease seconds). No row: another
+-- worker took over, and this one must stop dispatching at once.
+UPDATE bq_leader SET lease_until = now() + make_interval(secs => $3)
+WHERE queue_name = $1 AND epoch = $2
+RETURNING extract(epoch FROM lease_until - now())::float8 AS remaining_s;
+
+-- name: leader_release
+-- A leader that shuts down gives the lease up, so a follower takes over at its next look.
+UPDATE bq_leader SET lease_until = now() - interval '1 second'
+WHERE queue_name = $1 AND epoch = $2;
+
+-- name: leader_end_stale_backend
+-- Ends the leadership connection of the holder a takeover replaced ($1 its pid, $2 its
+-- application_name), unless it is this very session. Its writes are fenced anyway; this
+-- frees what PostgreSQL would otherwise keep for a frozen or vanished host until TCP gives
+-- up, and tells a woken stale leader at once that it is no longer in charge.
+SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) AS ended
+FROM pg_stat_activity
+WHERE pid = $1 AND pid <> pg_backend_pid() AND application_name = $2;
 
 -- Credits (sql/004_credits.sql): grants, reservations at enqueue, the balance, the invariant.
 

@@ -52,6 +52,7 @@ import redis.asyncio as aioredis
 
 from .errors import RateLimited
 from .providers.base import RateInfo
+from .redisconn import redis_options
 from .settings import RateLimit, Settings
 
 WINDOW_S = 60.0
@@ -373,7 +374,8 @@ def limiter(settings: Settings) -> Limiter:
     k = (settings.redis_url, settings.queue_name, loop)
     lim = _limiters.get(k)
     if lim is None or lim.settings is not settings:
-        redis = lim.redis if lim is not None else aioredis.Redis.from_url(settings.redis_url)
+        redis = lim.redis if lim is not None else aioredis.Redis.from_url(settings.redis_url,
+                                                                         **redis_options(settings))
         lim = _limiters[k] = Limiter(settings, redis)
     return lim
 

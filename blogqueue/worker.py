@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import random
 import re
-import secrets
 import socket
 import time
 import uuid
 from typing import Any
 
 import asyncpg
+import structlog
 from arq.worker import func
+from redis.exceptions import RedisError
 
 from . import db
 from .app import App, load
@@ -43,7 +43,7 @@ from .errors import FatalError, JobError, RateLimited
 from .pipeline import Run, StaleAttempt, StopRequested, run_pipeline
 from .settings import Settings, SettingsError
 
-log = logging.getLogger("blogqueue.worker")
+log = structlog.get_logger("blogqueue.worker")
 
 _SECRETISH = re.compile(r"\b(sk|pk|rk|key|tok|token|r8)[-_][A-Za-z0-9_\-]{8,}\b", re.IGNORECASE)
 
@@ -61,9 +61,10 @@ class WorkerRuntime:
         self.app = app
         self.pool = pool
         self.dispatcher = dispatcher
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.worker_id = dispatcher.holder  # the dispatcher's lease names this worker
         self.running: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self.stop_requested: set[str] = set()
+        self.lost: set[str] = set()  # running attempts whose lease another worker's leader reaped
         self.done = 0
         self.failed = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,8 +80,7 @@ class WorkerRuntime:
         await self._listen()
         self._tasks = [asyncio.create_task(self._heartbeats(), name="blogqueue-heartbeat"),
                        asyncio.create_task(self.dispatcher.run(), name="blogqueue-dispatcher")]
-        log.info("worker %s started: concurrency %d, queue %s", self.worker_id, s.worker_concurrency,
-                 s.queue_name)
+        log.info("worker started", worker=self.worker_id, concurrency=s.worker_concurrency, queue=s.queue_name)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -89,34 +89,67 @@ class WorkerRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.dispatcher.close()
-        if self._listen_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._listen_conn.close(timeout=2)
+        await self._close_listen()
         with contextlib.suppress(Exception):
-            await self.pool.execute(Q["stop_worker"], self.worker_id)
-        log.info("worker %s stopped: %d done, %d failed; its dispatcher ran %d cycles, dispatched %d",
-                 self.worker_id, self.done, self.failed, self.dispatcher.cycles, self.dispatcher.dispatched)
+            # Bounded: a worker shutting down because PostgreSQL vanished must not wait on it.
+            await self.pool.execute(Q["stop_worker"], self.worker_id, timeout=2)
+        log.info("worker stopped", worker=self.worker_id, done=self.done, failed=self.failed,
+                 dispatcher_cycles=self.dispatcher.cycles, dispatched=self.dispatcher.dispatched)
 
     async def _listen(self) -> None:
-        """Stop requests arrive by NOTIFY; heartbeats catch any that were missed."""
-        if self._listen_conn is not None and not self._listen_conn.is_closed():
-            return
-        self._listen_conn = await db.connect(self.settings)
-        await self._listen_conn.add_listener(
-            "blogqueue_cancel", lambda *_: asyncio.ensure_future(self._renew_and_check()))
+        """Stop requests arrive by NOTIFY; heartbeats catch any that were missed.
+
+        A LISTEN connection only receives, so a peer that vanished is invisible on it:
+        nothing is ever sent that could fail. Each heartbeat therefore asks it a question
+        with a deadline; no answer in time (a partition, a restarted PostgreSQL that
+        kept no session) means it is replaced. Its socket's keepalive bounds (db.py)
+        do the same while the process waits on it.
+        """
+        conn = self._listen_conn
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.fetchval("SELECT 1", timeout=self._db_timeout())
+                return
+            except DB_DOWN as exc:
+                log.warning("LISTEN connection lost; reconnecting", error=type(exc).__name__)
+                await self._close_listen()
+        conn = await db.connect(self.settings, "blogqueue listen")
+        self._listen_conn = conn
+        await conn.add_listener("blogqueue_cancel", lambda *_: asyncio.ensure_future(self._renew_and_check()))
+
+    async def _close_listen(self) -> None:
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=2)
+            except Exception:
+                conn.terminate()  # a dead peer: do not wait for a goodbye
+
+    def _db_timeout(self) -> float:
+        """A bound for the heartbeat's statements: a heartbeat stuck on a dead peer must not
+        outlive the leases it is meant to renew."""
+        return max(1.0, self.settings.lease_seconds / 2)
 
     async def _heartbeats(self) -> None:
         s = self.settings
         while True:
             await asyncio.sleep(s.heartbeat_seconds)
-            try:
-                await self._renew_and_check()
-                await self.pool.execute(Q["heartbeat"], self.worker_id, len(self.running), self.done,
-                                        self.failed, self.dispatcher.is_leader)
-                await self._listen()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            # Each step on its own: a lease renewal that timed out must not cost the heartbeat
+            # that keeps this worker's capacity counted, nor the LISTEN check.
+            for step in (self._renew_and_check, self._beat, self._listen):
+                try:
+                    await step()
+                except DB_DOWN as exc:
+                    log.warning("heartbeat failed", step=step.__name__.strip("_"), error=type(exc).__name__,
+                                detail=str(exc)[:200])
+                except Exception:
+                    # The heartbeat must outlive anything: without it this worker's attempts lapse.
+                    log.exception("heartbeat failed unexpectedly", step=step.__name__.strip("_"))
             self._status_line()
+
+    async def _beat(self) -> None:
+        await self.pool.execute(Q["heartbeat"], self.worker_id, len(self.running), self.done, self.failed,
+                                self.dispatcher.is_leader, timeout=self._db_timeout())
 
     def _status_line(self) -> None:
         """The operators' heartbeat line: in flight, done, failed, rate since the last one."""
@@ -125,18 +158,29 @@ class WorkerRuntime:
         if now - last < self.settings.status_log_seconds:
             return
         rate = (self.done + self.failed - done - failed) / (now - last)
-        log.info("heartbeat: %d in flight, %d done, %d failed, %.1f jobs/s%s", len(self.running),
-                 self.done, self.failed, rate, " (dispatcher leader)" if self.dispatcher.is_leader else "")
+        log.info("heartbeat", in_flight=len(self.running), done=self.done, failed=self.failed,
+                 jobs_per_s=round(rate, 1), leader=self.dispatcher.is_leader)
         self._status_mark = (now, self.done, self.failed)
 
     async def _renew_and_check(self) -> None:
-        ids = [uuid.UUID(j) for j in self.running]
-        if not ids:
+        asked = list(self.running)
+        if not asked:
             return
-        rows = await self.pool.fetch(Q["renew_leases"], self.worker_id, ids, self.settings.lease_seconds)
+        rows = await self.pool.fetch(Q["renew_leases"], self.worker_id, [uuid.UUID(j) for j in asked],
+                                     self.settings.lease_seconds, timeout=self._db_timeout())
+        owned = {str(r["id"]) for r in rows}
         for r in rows:
             if r["cancel_requested"]:
                 self.request_stop(str(r["id"]))
+        for job_id in asked:
+            task = self.running.get(job_id)
+            if job_id not in owned and task is not None and not task.done():
+                # Not renewed: this worker was frozen or cut off past the lease and the
+                # attempt went back to the queue. Its writes are refused anyway, so it stops at
+                # the next stage boundary instead of paying for more calls. Not at once: a call
+                # cut off mid-request (a publish half sent) helps nobody.
+                self.lost.add(job_id)
+                self.stop_requested.add(job_id)
 
     def request_stop(self, job_id: str) -> None:
         """Aborts the attempt's in-flight call now; its stage outputs so far stay saved."""
@@ -159,7 +203,13 @@ class WorkerRuntime:
             # back unpaid, without a failure, for a worker that knows it.
             return await self._finish(job, "queued", event="released",
                                       detail={"reason": f"this worker does not know the kind {job['kind']!r}"})
-        run = Run(job, app=self.app, settings=s, pool=self.pool, outputs=dict(job.pop("stages")))
+        # Bound to this attempt's task (and the pipeline task created below, which copies the
+        # context): every line logged while it runs, here or in a stage, carries them.
+        with structlog.contextvars.bound_contextvars(job_id=job_id, tenant=job["tenant_id"], attempt=attempt):
+            return await self._run(job_id, job)
+
+    async def _run(self, job_id: str, job: dict[str, Any]) -> str:
+        run = Run(job, app=self.app, settings=self.settings, pool=self.pool, outputs=dict(job.pop("stages")))
         task = asyncio.create_task(run_pipeline(run, lambda: job_id in self.stop_requested))
         self.running[job_id] = task
         try:
@@ -170,14 +220,17 @@ class WorkerRuntime:
                 # The worker is shutting down: give the attempt back, unpaid.
                 await asyncio.shield(self._finish(job, "queued", event="released"))
                 raise
+            if job_id in self.lost:
+                log.warning("attempt lost its lease; abandoned", stage=run.stage)
+                return "stale"
             return await self._finish(job, "cancelled", error="stopped by request", code="cancelled",
                                       event="cancelled", detail={"stage": run.stage})
         except StaleAttempt:
+            log.info("attempt no longer owns the job; its checkpoint was refused", stage=run.stage)
             return "stale"
         except DB_ERRORS as exc:
             # Our own database hiccuped (restart, terminated backend): not the job's fault.
-            log.warning("job %s: database error in stage %s (%s); releasing the attempt", job_id, run.stage,
-                        type(exc).__name__)
+            log.warning("database error; releasing the attempt", stage=run.stage, error=type(exc).__name__)
             return await self._finish(job, "scheduled", delay=1.0, event="released",
                                       detail={"stage": run.stage, "reason": "database error"})
         except Exception as exc:
@@ -185,6 +238,7 @@ class WorkerRuntime:
         finally:
             self.running.pop(job_id, None)
             self.stop_requested.discard(job_id)
+            self.lost.discard(job_id)
         return await self._finish(job, "done", result=result, event="done")
 
     async def _failed(self, job: dict[str, Any], stage: str, exc: Exception) -> str:
@@ -196,7 +250,7 @@ class WorkerRuntime:
         if isinstance(exc, JobError):
             message, code = exc.message, exc.code
         else:
-            log.exception("job %s: unexpected error in stage %s", job["id"], stage)
+            log.exception("unexpected error in a stage", stage=stage)
             message, code = f"internal error in stage {stage}: {type(exc).__name__}: {exc}", "internal_error"
         message = redact(message)[:1000]
         failures = job["failures"] + 1
@@ -215,6 +269,8 @@ class WorkerRuntime:
         row = await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], job["id"], job["attempt"], status,
                                  failures, delay, error, code, result, event, detail)
         if row is None:
+            log.info("attempt no longer owns the job; its finish was refused", stage=(detail or {}).get("stage"),
+                     wanted=status)
             return "stale"
         if row["status"] == "done":
             self.done += 1
@@ -227,7 +283,15 @@ class WorkerRuntime:
 # connection table. Never the job's fault.
 DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.AdminShutdownError,
              asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError,
+             # A pooled connection the server ended mid-operation (fast shutdown) can be handed
+             # out once more in a broken protocol state; a fresh connection is the cure.
+             asyncpg.InternalClientError,
              ConnectionError, TimeoutError)
+
+
+# Whatever a statement raises while PostgreSQL is out of reach: the above, plus the OSError
+# of a connect that found no route (EHOSTUNREACH while partitioned), plus server errors.
+DB_DOWN = (*DB_ERRORS, OSError, asyncpg.PostgresError)
 
 
 async def _retrying_db(call: Any, *args: Any, tries: int = 6) -> Any:
@@ -239,7 +303,7 @@ async def _retrying_db(call: Any, *args: Any, tries: int = 6) -> Any:
     for n in range(tries):
         try:
             return await call(*args)
-        except DB_ERRORS:
+        except (*DB_ERRORS, OSError):
             if n == tries - 1:
                 raise
             await asyncio.sleep(0.2 * (n + 1))
@@ -262,7 +326,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     app: App = ctx.get("app") or load(settings.app)
     app.check(settings)
     pool = await db.create_pool(settings, max_size=max(settings.db_pool_size, settings.worker_concurrency // 2 + 4))
-    runtime = WorkerRuntime(settings, pool, Dispatcher(settings, pool, ctx["redis"]), app)
+    runtime = WorkerRuntime(settings, pool, Dispatcher(settings, pool, ctx["redis"], holder=new_worker_id()), app)
     ctx["blogqueue"] = runtime
     await runtime.start()
 
@@ -271,18 +335,28 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     runtime: WorkerRuntime | None = ctx.pop("blogqueue", None)  # once, whoever calls first
     if runtime is not None:
         await runtime.stop()
-        await runtime.pool.close()
+        try:
+            # Bounded: closing politely waits on every connection, and a dead peer never answers.
+            await asyncio.wait_for(runtime.pool.close(), timeout=5)
+        except (TimeoutError, *DB_ERRORS):
+            runtime.pool.terminate()
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def worker_settings(settings: Settings, **ctx: Any) -> dict[str, Any]:
     """The keyword arguments of arq's Worker for these settings (`app=` in ctx: the App it runs)."""
-    from arq.connections import RedisSettings
+    from .redisconn import arq_redis
 
     return {
         "functions": [func(run_attempt, name=TASK_NAME, max_tries=1, keep_result=0,
                            timeout=settings.job_timeout_seconds)],
         "queue_name": settings.queue_name,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        # A pool of our own instead of `redis_settings`: arq's settings have no socket timeout,
+        # and without one a Redis host that vanished hangs the poll loop for hours.
+        "redis_pool": arq_redis(settings),
         "on_startup": _startup,
         "on_shutdown": _shutdown,
         "max_jobs": settings.worker_concurrency,
@@ -308,8 +382,6 @@ def run(settings: Settings, app: App | None = None) -> None:
     process. (`arq blogqueue.worker.WorkerSettings` has no such loop.)
     """
     from arq.worker import run_worker
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     app = app or load(settings.app)
     backoff = 1.0
@@ -321,8 +393,12 @@ def run(settings: Settings, app: App | None = None) -> None:
         try:
             run_worker(kwargs)  # type: ignore[arg-type]
             return
-        except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
-            log.warning("worker: Redis unreachable (%s); restarting in %.0f s", type(exc).__name__, backoff)
+        except (RedisError, OSError, *DB_ERRORS) as exc:
+            # Unreachable peers only (OSError covers refused, unroutable and timed-out connects);
+            # anything else, a missing migration say, still ends the process with its traceback.
+            what = "Redis" if isinstance(exc, RedisError) else "PostgreSQL or Redis"
+            log.warning(f"worker: {what} unreachable; restarting the arq loop", error=type(exc).__name__,
+                        detail=str(exc)[:200], backoff_s=backoff)
         finally:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(_shutdown(kwargs["ctx"]))

@@ -37,6 +37,8 @@ class Reply:
 
 
 class FakeServer:
+    host = "127.0.0.1"  # a test may set another address of this host before start()
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[Request] = []
@@ -94,7 +96,7 @@ class FakeServer:
                 if not isinstance(sys.exc_info()[1], ConnectionError):
                     super().handle_error(request, client_address)
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server((self.host, 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          name=type(self).__name__, daemon=True).start()
