@@ -128,7 +128,7 @@ def logged(path: Path, text: str) -> bool:
 async def test_a_stale_epoch_changes_nothing(client: Client, pool: asyncpg.Pool, settings: Settings) -> None:
     """The leader of an old term hands out, promotes and reaps nothing; its renewal is refused."""
     s = settings
-    await pool.execute(Q["register_worker"], "w", s.queue_name, "h", 1, 50, 0)
+    await pool.execute(Q["register_worker"], "w", s.queue_name, "h", 1, 50, 0, ["blog_post"])
     out = await client.enqueue("shop-a", keyword_jobs(10))
     await pool.execute("UPDATE bq_jobs SET status = 'scheduled', run_at = now() - interval '1 s' "
                        "WHERE id = $1::uuid", out["jobs"][0]["id"])
