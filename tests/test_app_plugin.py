@@ -177,3 +177,17 @@ settings: Settings, argv: tuple[str, ...], env: dict[str, str],
     assert proc.returncode != 0
     assert names in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _enqueue_cli(settings: Settings, job: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "blogqueue.cli", "enqueue", "--tenant", "shop-cli", "-"],
+                          input=json.dumps(job), env=_env(settings), capture_output=True, text=True, timeout=60)
+
+
+async def test_the_enqueue_command_validates_against_blogqueue_app(settings: Settings, pool: asyncpg.Pool) -> None:
+    plain = _enqueue_cli(settings, _faq("rooibos"))
+    assert plain.returncode == 1 and "job.kind must be one of blog_post" in plain.stderr  # the built-in App()
+    with_app = _enqueue_cli(settings.replace(app=PLUGIN), _faq("rooibos"))
+    assert with_app.returncode == 0, with_app.stderr
+    job_id = uuid.UUID(json.loads(with_app.stdout)["jobs"][0]["id"])
+    assert await pool.fetchval("SELECT kind FROM bq_jobs WHERE id = $1", job_id) == "faq"
