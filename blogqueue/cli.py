@@ -114,10 +114,16 @@ async def _rotate_keys(settings: Settings) -> int:
 
 
 async def _client_command(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import load
     from .client import Client
     from .errors import BlogqueueError
 
-    async with await Client.connect(settings) as client:
+    try:
+        app = load(settings.app)  # jobs are validated against the deployment's app
+    except SettingsError as exc:
+        print(f"blogqueue {args.command}: {exc}", file=sys.stderr)
+        return 2
+    async with await Client.connect(settings, app) as client:
         try:
             if args.command == "enqueue":
                 body = json.loads(args.body)

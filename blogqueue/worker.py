@@ -200,8 +200,9 @@ class WorkerRuntime:
         job = dict(row)
         if job["kind"] not in self.app.kinds:
             # Another worker's app knows this kind (the dispatcher saw it live): hand the attempt
-            # back unpaid, without a failure, for a worker that knows it.
-            return await self._finish(job, "queued", event="released",
+            # back unpaid, without a failure, for a worker that knows it. The second's delay keeps
+            # a busy knowing worker from turning this into a dispatch/release loop.
+            return await self._finish(job, "scheduled", delay=1.0, event="released",
                                       detail={"reason": f"this worker does not know the kind {job['kind']!r}"})
         # Bound to this attempt's task (and the pipeline task created below, which copies the
         # context): every line logged while it runs, here or in a stage, carries them.

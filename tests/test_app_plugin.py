@@ -177,3 +177,43 @@ settings: Settings, argv: tuple[str, ...], env: dict[str, str],
     assert proc.returncode != 0
     assert names in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _enqueue_cli(settings: Settings, job: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "blogqueue.cli", "enqueue", "--tenant", "shop-cli", "-"],
+                          input=json.dumps(job), env=_env(settings), capture_output=True, text=True, timeout=60)
+
+
+async def test_the_enqueue_command_validates_against_blogqueue_app(settings: Settings, pool: asyncpg.Pool) -> None:
+    plain = _enqueue_cli(settings, _faq("rooibos"))
+    assert plain.returncode == 1 and "job.kind must be one of blog_post" in plain.stderr  # the built-in App()
+    with_app = _enqueue_cli(settings.replace(app=PLUGIN), _faq("rooibos"))
+    assert with_app.returncode == 0, with_app.stderr
+    job_id = uuid.UUID(json.loads(with_app.stdout)["jobs"][0]["id"])
+    assert await pool.fetchval("SELECT kind FROM bq_jobs WHERE id = $1", job_id) == "faq"
+
+
+async def test_a_worker_handed_a_kind_it_lacks_gives_it_back_unpaid(settings: Settings, pool: asyncpg.Pool,
+                                                                     workers: Any) -> None:
+    """Workers share one arq queue: one whose app lacks the kind releases the attempt, no failure counted."""
+    from blogqueue.client import Client
+    from examples.faq_plugin import app as plugin
+
+    workers(1)  # the built-in app only
+    # A worker that says it knows faq (its heartbeat kept fresh below), so the dispatcher hands faq out.
+    await pool.execute("INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch, kinds) "
+                       "VALUES ('knows-faq', $1, 'h', 1, 1, 0, $2)", settings.queue_name, ["faq"])
+    out = await Client(settings, pool, app=plugin).enqueue("shop-faq", _faq("hojicha"))
+    job_id = uuid.UUID(out["jobs"][0]["id"])
+
+    async def released() -> list[Any] | None:
+        await pool.execute("UPDATE bq_workers SET heartbeat_at = now() WHERE id = 'knows-faq'")
+        rows = await pool.fetch("SELECT detail FROM bq_job_events WHERE job_id = $1 AND event = 'released'", job_id)
+        return rows or None
+
+    rows = await wait_until(released, timeout=60)
+    assert "does not know the kind 'faq'" in rows[0]["detail"]["reason"]
+    job = await pool.fetchrow("SELECT failures, bq_public_status(status, failures) AS s FROM bq_jobs WHERE id = $1",
+                              job_id)
+    assert job["failures"] == 0 and job["s"] in ("queued", "running")
+    assert _calls(settings, str(job_id)) == {}  # nothing was paid for
