@@ -84,6 +84,9 @@ class Settings:
     # Sources, publishers and credits (docs/sources-publishers-credits.md).
     wix_base_url: str = "https://www.wixapis.com"
     wix_api_token: str | None = field(default=None, repr=False)
+    # App mode (issue 18): a Wix app installed on many sites, one OAuth token per installation.
+    wix_app_id: str | None = None
+    wix_app_secret: str | None = field(default=None, repr=False)
     tmdb_base_url: str = "https://api.themoviedb.org"
     tmdb_api_key: str | None = field(default=None, repr=False)
     http_timeout_seconds: float = 30.0
@@ -143,6 +146,9 @@ class Settings:
         for var, ok, why in checks:
             if not ok:
                 raise SettingsError(f"{PREFIX}{var} {why}")
+        if bool(self.wix_app_id) != bool(self.wix_app_secret):  # a half-configured Wix app mode
+            have, missing = ("WIX_APP_ID", "WIX_APP_SECRET") if self.wix_app_id else ("WIX_APP_SECRET", "WIX_APP_ID")
+            raise SettingsError(f"{PREFIX}{missing} must be set together with {PREFIX}{have} (Wix app mode)")
         if not self.database_url.startswith(("postgres://", "postgresql://")):
             raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -37,7 +37,7 @@ def test_tokens_and_keys_stay_out_of_repr():
     assert "wix-secret-token" not in repr(s) and "tmdb-secret-key" not in repr(s)
 
 
-async def test_wix_refusals_are_fatal_and_clear():
+async def test_wix_refusals_are_fatal_and_clear(redis_url):
     job = {"id": uuid.uuid4(), "tenant_id": "store-1"}
     rewrite = {"title": "t", "description": "d", "seo_title": "s", "seo_description": "sd"}
     with pytest.raises(FatalError) as err:
@@ -49,6 +49,7 @@ async def test_wix_refusals_are_fatal_and_clear():
     with FakeWix("right-token") as wix:
         with pytest.raises(FatalError) as err:
             await wix_publisher.publish(job, {"title": "t", "body": "b"}, {},
-                                        Settings(wix_base_url=wix.url, wix_api_token="wrong-token"))
+                                        Settings(wix_base_url=wix.url, wix_api_token="wrong-token",
+                                                 redis_url=redis_url))
         assert wix.drafts == {}
     assert err.value.code == "unauthorized" and "wrong-token" not in err.value.message

@@ -64,7 +64,7 @@ def _validate_wix(source: dict[str, Any]) -> dict[str, Any]:
 async def fetch(source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]:
     if "product_id" in source:
         site = source.get("store") or tenant_id
-        product = await wix.get_product(settings, site, source["product_id"])
+        product = await wix.get_product(settings, site, source["product_id"], tenant_id=tenant_id)
         return {"topic": product["name"], "product": product,
                 "wix": {"site_id": site, "product_id": source["product_id"]}}
     product = {k: v for k, v in source.items() if k != "type"}
