@@ -87,6 +87,7 @@ class Settings:
     # App mode (issue 18): a Wix app installed on many sites, one OAuth token per installation.
     wix_app_id: str | None = None
     wix_app_secret: str | None = field(default=None, repr=False)
+    wix_public_key: str | None = field(default=None, repr=False)  # PEM, verifies Wix's webhooks; long, not secret
     tmdb_base_url: str = "https://api.themoviedb.org"
     tmdb_api_key: str | None = field(default=None, repr=False)
     http_timeout_seconds: float = 30.0
@@ -149,6 +150,8 @@ class Settings:
         if bool(self.wix_app_id) != bool(self.wix_app_secret):  # a half-configured Wix app mode
             have, missing = ("WIX_APP_ID", "WIX_APP_SECRET") if self.wix_app_id else ("WIX_APP_SECRET", "WIX_APP_ID")
             raise SettingsError(f"{PREFIX}{missing} must be set together with {PREFIX}{have} (Wix app mode)")
+        if self.wix_public_key and "BEGIN PUBLIC KEY" not in self.wix_public_key:
+            raise SettingsError(f"{PREFIX}WIX_PUBLIC_KEY must be the app's public key in PEM form")
         if not self.database_url.startswith(("postgres://", "postgresql://")):
             raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

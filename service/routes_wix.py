@@ -7,6 +7,9 @@ changes only its own tenant's link. An instance already linked to another
 tenant is refused with 409 `wix_instance_taken`, so no tenant can take over a
 site another tenant linked.
 
+`POST /v1/wix/webhooks` takes Wix's "App Instance Installed"/"Removed" webhooks
+(blogqueue.wixwebhook: verified with WIX_PUBLIC_KEY; no bearer token).
+
 The routes and their OpenAPI entries live here; service/app.py and
 service/openapi.py include them with one line each.
 """
@@ -19,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from blogqueue import wixwebhook
 from blogqueue.client import Client
 
 from .auth import authenticate
@@ -46,7 +50,22 @@ async def delete_wix_installation(request: Request) -> JSONResponse:
     return JSONResponse(await _client(request).delete_wix_installation(principal.tenant_id))
 
 
+async def wix_webhook(request: Request) -> JSONResponse:
+    """Wix's app webhooks: the body is a JWT signed with the app's key (no bearer token)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > wixwebhook.MAX_BODY:
+            break
+    text = body.strip()
+    if text.startswith(b'"') and text.endswith(b'"'):  # a JWT sent as a JSON string
+        text = text[1:-1]
+    client = _client(request)
+    return JSONResponse(await wixwebhook.handle(client.pool, client.settings, text))
+
+
 ROUTES = [
+    Route("/v1/wix/webhooks", wix_webhook, methods=["POST"]),
     Route("/v1/wix-installation", get_wix_installation, methods=["GET"]),
     Route("/v1/wix-installation", put_wix_installation, methods=["PUT"]),
     Route("/v1/wix-installation", delete_wix_installation, methods=["DELETE"]),
@@ -84,4 +103,17 @@ def openapi_paths(op: Any, json_: Any, err: Any, ref: Any) -> dict[str, Any]:
             "422": err("invalid or unknown field (details.field names it)"),
         }, body=ref("WixInstallationInput")),
         "delete": op("Unlink the caller's tenant from its Wix app instance", {"200": one}),
-    }}
+    }, "/v1/wix/webhooks": {"post": {
+        "summary": "Wix's App Instance Installed/Removed webhooks: a JWT signed with the app's key (RS256)",
+        "security": [],
+        "requestBody": {"required": True, "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": "string", "description": "the JWT as a JSON string"}}}},
+        "responses": {
+            "200": json_({"type": "object", "required": ["event", "action"], "properties": {
+                "event": {}, "action": {"enum": ["linked", "already_linked", "unlinked", "not_linked",
+                                                 "ignored"]}}}, "verified and applied (or ignored)"),
+            "401": err("code wix_webhook_unverified: not a JWT, not RS256, bad signature, expired, "
+                       "or no WIX_PUBLIC_KEY configured"),
+            "503": err("PostgreSQL unreachable"),
+        }}}}

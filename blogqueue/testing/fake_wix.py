@@ -23,7 +23,11 @@ Built from Wix's documentation (dev.wix.com), which says:
 - API keys (single account): "include the key ... in the Authorization header"
   and "wix-site-id: The ID of the Wix site ... Required for site-level API calls".
 - "App Instance Removed: Triggered when an instance of your app is uninstalled
-  from a Wix site."
+  from a Wix site." Webhooks: "Event data is sent as a JSON web token (JWT) in
+  the body of the webhook request. The JWT is signed ... use your public key";
+  payload `{"data": {"eventType": "AppInstalled", "instanceId": ..., "data":
+  "<stringified-JSON>", "identity": ...}}`. `webhook(event, instance)` makes
+  such a body, RS256-signed with the fake app's key (`public_key_pem`).
 
 Wix does not document which 4xx Create Access Token answers for an instance
 whose app was removed, nor whether the tokens already issued for it stop
@@ -53,6 +57,8 @@ after recording it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import threading
 import time
@@ -60,6 +66,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -108,6 +116,7 @@ class FakeWix(FakeServer):
         self.updates: list[tuple[str, str, dict[str, Any]]] = []
         self.received = threading.Event()
         self._hold: list[float] = []
+        self._signing_key: rsa.RSAPrivateKey | None = None
 
     def routes(self) -> list[Route]:
         return [Route("/oauth2/token", self._token, methods=["POST"]),
@@ -141,6 +150,37 @@ class FakeWix(FakeServer):
 
     def close(self) -> None:
         self.stop()
+
+    # -- webhooks Wix sends to the app -----------------------------------------------------------
+
+    @property
+    def public_key_pem(self) -> str:
+        """The app's public key, as the app dashboard shows it (PEM)."""
+        if self._signing_key is None:
+            self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self._signing_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def webhook(self, event_type: str, instance_id: str, *, data: dict[str, Any] | None = None,
+                ttl_s: float = 300, stringify: bool = True) -> bytes:
+        """The body of an app webhook as Wix documents it: a JWT, RS256, whose payload is
+        `{"data": {"eventType", "instanceId", "data": "<stringified JSON>", "identity"}, "iat", "exp"}`
+        (`stringify`: the `data` envelope itself as stringified JSON, as some deliveries carry it)."""
+        self.public_key_pem  # noqa: B018 - makes the key
+        assert self._signing_key is not None
+        envelope = {"eventType": event_type, "instanceId": instance_id,
+                    "data": json.dumps(data or {"appId": self.app_id}),
+                    "identity": json.dumps({"identityType": "WIX_USER", "wixUserId": str(uuid.uuid4())})}
+        now = int(time.time())
+        claims = {"data": json.dumps(envelope) if stringify else envelope, "iat": now, "exp": int(now + ttl_s)}
+
+        def b64(raw: bytes) -> str:
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        head = b64(json.dumps({"kid": "fake", "alg": "RS256"}).encode())
+        body = b64(json.dumps(claims).encode())
+        sig = self._signing_key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{head}.{body}.{b64(sig)}".encode()
 
     def count(self, method: str | None = None, path_prefix: str = "") -> int:
         with self.lock:
