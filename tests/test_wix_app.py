@@ -260,3 +260,31 @@ def test_half_configured_app_mode_fails_at_start_naming_the_variable() -> None:
     assert APP_SECRET not in repr(s) and APP_ID in repr(s)
     assert Settings.from_env(s.to_env()) == s
     assert wixauth.app_mode(s) and not wixauth.app_mode(Settings())
+
+
+async def test_wix_calls_pass_a_limiter_bucket_per_site(client: Client, workers: Any, settings: Settings) -> None:
+    """RATE_LIMITS `wix:rpm=...` applies to each site's own bucket; a 429 pauses only that site's bucket and
+    costs no attempt."""
+    from blogqueue import ratelimit
+    from blogqueue.settings import parse_rate_limits
+
+    a, b = instance("a"), instance("b")
+    limits = parse_rate_limits("wix:rpm=1000")
+    with app_fake({a: "site-a", b: "site-b"}, retry_after_s=0.5) as wix:
+        await client.put_wix_installation("shop-a", {"instance_id": a})
+        await client.put_wix_installation("shop-b", {"instance_id": b})
+        workers(1, **app_settings(wix, rate_limits=limits))
+        warm = await enqueue(client, "shop-a", 3) + await enqueue(client, "shop-b", 2)
+        assert all(j["status"] == "done" for j in await all_finished(client, warm))
+        wix.script("429")  # the next Wix call (a draft of site A: both tokens are cached) is refused once
+        (late,) = await enqueue(client, "shop-a", 1)
+        (job,) = await all_finished(client, [late])
+        assert job["status"] == "done" and job["attempts"] == 1
+        redis = wixauth._proc(settings).redis
+        stats = {s["key_hash"]: s for s in await ratelimit.bucket_stats(redis, settings.replace(rate_limits=limits))
+                 if s["provider"] == "wix"}
+        site_a, site_b = stats[ratelimit.key_hash(f"instance:{a}")], stats[ratelimit.key_hash(f"instance:{b}")]
+        assert len(stats) == 2 and site_a["limit"]["rpm"] == site_b["limit"]["rpm"] == 1000
+        assert site_a["used"]["requests"] == 5 and site_b["used"]["requests"] == 2  # 4 drafts + the 429'd try
+        assert site_a["rate_limited_429"] == 1 and site_b["rate_limited_429"] == 0
+        assert sum(1 for c in wix.calls if c["status"] == 429) == 1
