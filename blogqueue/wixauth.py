@@ -61,8 +61,10 @@ TOKEN_PATH = "/oauth2/token"
 CACHE_MARGIN_S = 300.0
 CACHE_MARGIN_SHARE = 0.1
 # The lock only covers one token request: a holder killed mid-request frees it after this, and a
-# waiter then takes it over. Longer than a healthy token request, far shorter than a job's patience.
+# waiter then takes it over. The token request's own timeout stays below it, so a slow Wix cannot let
+# the lock lapse while its holder is still asking (two creators); both far below a job's patience.
 LOCK_TTL_S = 10.0
+TOKEN_TIMEOUT_S = 8.0
 # Waiters poll the cache this often: a token request takes tens of milliseconds, so 50 ms costs at
 # most one poll interval of latency and a few Redis GETs per waiting job.
 POLL_S = 0.05
@@ -151,8 +153,8 @@ async def token(settings: Settings, instance_id: str, *, stale: str | None = Non
     proc = _proc(settings)
     token_key, lock_key, refused_key, ad = _keys(settings, instance_id)
     owner = uuid.uuid4().hex
-    # A waiter gives up after the lock holder's whole budget: its request's timeout plus the lock's TTL.
-    deadline = time.monotonic() + settings.http_timeout_seconds + LOCK_TTL_S
+    # A waiter gives up after two holders' budgets (one may have been killed holding the lock).
+    deadline = time.monotonic() + 2 * LOCK_TTL_S
     while True:
         cached, refused = await proc.redis.mget(token_key, refused_key)
         if refused is not None:
@@ -180,7 +182,8 @@ async def _create(settings: Settings, redis: aioredis.Redis, instance_id: str, t
                   refused_key: str, ad: str) -> str:
     body = {"grant_type": "client_credentials", "client_id": settings.wix_app_id,
             "client_secret": settings.wix_app_secret, "instance_id": instance_id}
-    async with remote.client(settings, settings.wix_base_url) as http:
+    timeout = min(settings.http_timeout_seconds, TOKEN_TIMEOUT_S)
+    async with remote.client(settings.replace(http_timeout_seconds=timeout), settings.wix_base_url) as http:
         resp = await remote.send(http, SERVICE, "POST", TOKEN_PATH, json=body)
     status = resp.status_code
     if 400 <= status < 500 and status not in (408, 429):

@@ -288,3 +288,16 @@ async def test_wix_calls_pass_a_limiter_bucket_per_site(client: Client, workers:
         assert site_a["used"]["requests"] == 5 and site_b["used"]["requests"] == 2  # 4 drafts + the 429'd try
         assert site_a["rate_limited_429"] == 1 and site_b["rate_limited_429"] == 0
         assert sum(1 for c in wix.calls if c["status"] == 429) == 1
+
+
+async def test_a_lock_left_by_a_killed_worker_lapses(settings: Settings) -> None:
+    """A worker killed while creating a token leaves its lock; the next caller takes over when it lapses."""
+    inst = instance("x")
+    with app_fake({inst: "site-x"}) as wix:
+        conf = settings.replace(wix_base_url=wix.url, wix_app_id=APP_ID, wix_app_secret=APP_SECRET)
+        redis = wixauth._proc(conf).redis
+        _token_key, lock_key, _refused, _ad = wixauth._keys(conf, inst)
+        await redis.set(lock_key, "a-dead-worker", px=700)
+        token = await wixauth.token(conf, inst)
+        assert token in wix.issued and wix.token_requests == 1
+        assert await redis.get(lock_key) is None  # released by its new holder
