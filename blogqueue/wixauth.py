@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import os
 import time
@@ -123,9 +124,14 @@ def _keys(settings: Settings, instance_id: str) -> tuple[str, str, str, str]:
 
 
 def _aead(settings: Settings) -> AESGCM:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"blogqueue",
-               info=b"blogqueue wix token cache v1").derive((settings.wix_app_secret or "").encode())
-    return AESGCM(key)
+    return _aead_for(settings.wix_app_secret or "")
+
+
+@functools.lru_cache(maxsize=4)
+def _aead_for(secret: str) -> AESGCM:
+    # Derived once per secret: HKDF on every cache hit would cost as much as the Redis round trip.
+    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=b"blogqueue",
+                       info=b"blogqueue wix token cache v1").derive(secret.encode()))
 
 
 def _seal(settings: Settings, token: str, ad: str) -> bytes:
@@ -148,8 +154,29 @@ def _refused(status: str) -> FatalError:
                       "reinstall the app and link the tenant again", code="wix_installation_revoked")
 
 
+_flights: dict[tuple[int, str, str | None], asyncio.Future[str]] = {}
+
+
 async def token(settings: Settings, instance_id: str, *, stale: str | None = None) -> str:
-    """A valid access token for this installation; see the module docstring."""
+    """A valid access token for this installation; see the module docstring.
+
+    Callers of one process asking at the same time share one lookup (one coroutine polls Redis for
+    all of them): a worker's 40 jobs of one site cost one wait, not 40 pollers.
+    """
+    key = (id(asyncio.get_running_loop()), _keys(settings, instance_id)[0], stale)
+    flight = _flights.get(key)
+    if flight is None:
+        flight = _flights[key] = asyncio.ensure_future(_token(settings, instance_id, stale))
+
+        def landed(done: asyncio.Future[str]) -> None:
+            if _flights.get(key) is done:
+                del _flights[key]
+        flight.add_done_callback(landed)
+    # Shielded: a stopped job stops waiting; the shared lookup goes on for the others.
+    return await asyncio.shield(flight)
+
+
+async def _token(settings: Settings, instance_id: str, stale: str | None) -> str:
     proc = _proc(settings)
     token_key, lock_key, refused_key, ad = _keys(settings, instance_id)
     owner = uuid.uuid4().hex
