@@ -171,6 +171,8 @@ async def token(settings: Settings, instance_id: str, *, stale: str | None = Non
         def landed(done: asyncio.Future[str]) -> None:
             if _flights.get(key) is done:
                 del _flights[key]
+            if not done.cancelled():
+                done.exception()  # retrieved here: every waiter may have been stopped meanwhile
         flight.add_done_callback(landed)
     # Shielded: a stopped job stops waiting; the shared lookup goes on for the others.
     return await asyncio.shield(flight)
