@@ -9,11 +9,12 @@ the token goes in the `Authorization` header of every call for that site.
 `token(settings, instance_id)`:
 
 - returns the cached token while it is in Redis; the cache entry lives until
-  `CACHE_MARGIN` before Wix's expiry, so a token is never used in its last
-  minutes (clock skew, a long call);
+  a tenth of its life, at most `CACHE_MARGIN_S`, before Wix's expiry, so a
+  token is never used in its last minutes (clock skew, a long call);
 - otherwise ONE caller per instance creates the token: a Redis lock
   (`SET NX PX`, short TTL so a killed holder frees it by itself) is taken, the
-  others poll the cache until the token appears. A thousand jobs of one site
+  others poll the cache until the token appears (and within one process, the
+  callers of the same moment share one poller). A thousand jobs of one site
   starting together make one token request, not a thousand;
 - `stale=<token>` (after a 401 from Wix) replaces that token unless another
   caller already did; the 401'd callers of one token share one refresh;
