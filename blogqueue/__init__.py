@@ -1,9 +1,12 @@
 """blogqueue: a fair, durable, rate-limited job system for AI content.
 
 PostgreSQL is the system of record, arq on Redis executes. Import `Client` to
-enqueue, read and stop jobs from another service.
+enqueue, read and stop jobs from another service; `App` to add job kinds,
+stages, prompts, sources, publishers and providers (DESIGN §10; a stage gets a
+`Run`).
 """
 
+from .app import App
 from .client import Client
 from .errors import (
                      BacklogFull,
@@ -16,8 +19,11 @@ from .errors import (
                      RateLimited,
                      RetryableError,
 )
+from .pipeline import Run
+from .prompts import Prompt
 from .settings import Settings, SettingsError
+from .sources import SourceFields
 
-__all__ = ["BacklogFull", "BlogqueueError", "Client", "Conflict", "FatalError", "InvalidInput", "JobError",
-           "NotFound", "RateLimited", "RetryableError", "Settings", "SettingsError"]
+__all__ = ["App", "BacklogFull", "BlogqueueError", "Client", "Conflict", "FatalError", "InvalidInput", "JobError",
+           "NotFound", "Prompt", "RateLimited", "RetryableError", "Run", "Settings", "SettingsError", "SourceFields"]
 __version__ = "0.1.0"

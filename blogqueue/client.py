@@ -25,9 +25,10 @@ from typing import Any
 import asyncpg
 
 from . import aisettings, credits, db, wixinstall
+from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
-from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job
+from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, wait_reason
 from .settings import Settings
 
 THROUGHPUT_WINDOW_S = 300.0
@@ -36,9 +37,11 @@ MAX_PAGE = 200
 
 
 class Client:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, owns_pool: bool = False) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, owns_pool: bool = False,
+                 app: App | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.app = app if app is not None else App()  # kinds, sources and models are validated against it
         self._owns_pool = owns_pool
         # One enqueue per tenant at a time in this process, before taking a connection:
         # waiting on the tenant's advisory lock with a pooled connection in hand would
@@ -46,8 +49,8 @@ class Client:
         self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
-    async def connect(cls, settings: Settings) -> Client:
-        return cls(settings, await db.create_pool(settings), owns_pool=True)
+    async def connect(cls, settings: Settings, app: App | None = None) -> Client:
+        return cls(settings, await db.create_pool(settings), owns_pool=True, app=app)
 
     async def close(self) -> None:
         if self._owns_pool:
@@ -77,7 +80,7 @@ class Client:
         if len(raw) > self.settings.max_batch_size:
             raise InvalidInput(f"at most {self.settings.max_batch_size} jobs per request",
                                details={"field": "jobs", "limit": self.settings.max_batch_size})
-        specs = [parse_job(r, f"jobs[{i}]" if len(raw) > 1 else "job") for i, r in enumerate(raw)]
+        specs = [parse_job(r, self.app, f"jobs[{i}]" if len(raw) > 1 else "job") for i, r in enumerate(raw)]
 
         lock = self._tenant_locks.setdefault(tenant_id, asyncio.Lock())
         async with lock, self.pool.acquire() as conn, conn.transaction():
@@ -88,7 +91,8 @@ class Client:
             self._check_backlog(counts, len(new), rate)
             batch_id = await self._insert(conn, tenant_id, user_id, specs, ids, new)
             # After the insert (the ledger references the jobs); refusing rolls the insert back.
-            await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in sorted(new)])
+            await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in sorted(new)],
+                                  self.app)
             rows = await conn.fetch(
                 "SELECT id, bq_public_status(status, failures) AS status FROM bq_jobs WHERE id = ANY($1::uuid[])",
                 list(set(ids)))
@@ -156,7 +160,7 @@ class Client:
             [i for i, _ in picked], [s.kind for _, s in picked], [s.stored() for _, s in picked],
             [s.model for _, s in picked], [s.priority for _, s in picked],
             [s.idempotency_key for _, s in picked], [s.request_hash() for _, s in picked],
-            [s.run_at for _, s in picked], [s.stages[0] for _, s in picked],
+            [s.run_at for _, s in picked], [self.app.kinds[s.kind].stage_names[0] for _, s in picked],
             tenant_id, user_id, batch_id)
         return batch_id
 
@@ -171,7 +175,9 @@ class Client:
                 raise NotFound("no such job", details={"id": job_id})
             events = await conn.fetch(Q["job_events"], jid, MAX_EVENTS)
             stages = await conn.fetch(Q["job_stages"], jid)
+            waiting = await wait_reason(conn, dict(row), self.settings.heartbeat_seconds * 3)
         job = public_job(dict(row))
+        job["wait_reason"] = waiting
         job["events"] = [{"at": e["at"].isoformat(), "attempt": e["attempt"], "event": e["event"],
                           **({"detail": e["detail"]} if e["detail"] else {})} for e in events]
         job["stages"] = {s["stage"]: {"attempt": s["attempt"], "at": s["created_at"].isoformat()}
@@ -269,7 +275,7 @@ class Client:
         """Sets the preferred model and/or stores (encrypted) or deletes keys; see blogqueue.aisettings."""
         _check_tenant(tenant_id)
         _check_user(user_id)
-        return await aisettings.put(self.pool, self.settings, tenant_id, user_id, body)
+        return await aisettings.put(self.pool, self.settings, tenant_id, user_id, body, self.app)
 
     # -- Wix installation (app mode: which Wix app instance this tenant is; blogqueue.wixinstall) ---
 

@@ -213,7 +213,7 @@ async def _create(settings: Settings, redis: aioredis.Redis, instance_id: str, t
     body = {"grant_type": "client_credentials", "client_id": settings.wix_app_id,
             "client_secret": settings.wix_app_secret, "instance_id": instance_id}
     timeout = min(settings.http_timeout_seconds, TOKEN_TIMEOUT_S)
-    async with remote.client(settings.replace(http_timeout_seconds=timeout), settings.wix_base_url) as http:
+    async with remote.client(timeout, settings.wix_base_url) as http:
         resp = await remote.send(http, SERVICE, "POST", TOKEN_PATH, json=body)
     status = resp.status_code
     if 400 <= status < 500 and status not in (408, 429):

@@ -12,7 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from blogqueue.aisettings import KEY_PROVIDERS, MAX_KEY_LENGTH
+from blogqueue.aisettings import MAX_KEY_LENGTH
+from blogqueue.app import App
 from blogqueue.jobs import PUBLIC_STATUSES
 
 from . import routes_wix
@@ -30,6 +31,7 @@ def _err(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+KEY_PROVIDERS = App().key_providers  # until the document is generated from the served app's registry
 NULL_STR = {"type": ["string", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
 COUNT = {"type": "integer", "minimum": 0}
@@ -107,7 +109,7 @@ SCHEMAS: dict[str, Any] = {
             "attempts": COUNT, "failures": COUNT, "last_error": NULL_STR, "error_code": NULL_STR,
             "run_at": TIME, "next_attempt_at": TIME, "created_at": TIME, "updated_at": TIME,
             "started_at": TIME, "finished_at": TIME, "metadata": {"type": "object"},
-            "result": {"type": ["object", "null"]},
+            "result": {"type": ["object", "null"]}, "wait_reason": NULL_STR,
             "events": {"type": "array", "items": {
                 "type": "object", "required": ["at", "attempt", "event"],
                 "properties": {"at": {"type": "string"}, "attempt": COUNT, "event": {"type": "string"},
