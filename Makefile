@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ENV_FILE := .blogqueue/env
 LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 
-.PHONY: install services test-deps migrate test chaos lint demo bench bench-http bench-ratelimit bench-load worker serve clean
+.PHONY: install services test-deps migrate test chaos lint demo bench bench-http bench-ratelimit bench-load bench-wix worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ lint: $(STAMP)
 # Provider-limit utilisation: 4 workers vs the OpenAI fake at RPM 600 / TPM 60,000 (docs/providers.md).
 bench-ratelimit: services
 	$(LOAD_ENV) $(PY) benchmarks/ratelimit.py
+
+# Wix app mode: 1,000 callers in 4 processes share one token request; cache-hit cost (docs/sources-publishers-credits.md).
+bench-wix: services
+	$(LOAD_ENV) $(PY) benchmarks/wix_tokens.py
 
 worker: migrate
 	$(LOAD_ENV) $(VENV)/bin/blogqueue worker

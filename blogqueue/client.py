@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from . import aisettings, credits, db
+from . import aisettings, credits, db, wixinstall
 from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
@@ -276,6 +276,21 @@ class Client:
         _check_tenant(tenant_id)
         _check_user(user_id)
         return await aisettings.put(self.pool, self.settings, tenant_id, user_id, body, self.app)
+
+    # -- Wix installation (app mode: which Wix app instance this tenant is; blogqueue.wixinstall) ---
+
+    async def get_wix_installation(self, tenant_id: str) -> dict[str, Any]:
+        _check_tenant(tenant_id)
+        return await wixinstall.get(self.pool, tenant_id)
+
+    async def put_wix_installation(self, tenant_id: str, body: Any) -> dict[str, Any]:
+        """`{"instance_id": ...}` links the tenant; 409 `wix_instance_taken` if another tenant has it."""
+        _check_tenant(tenant_id)
+        return await wixinstall.put(self.pool, tenant_id, body)
+
+    async def delete_wix_installation(self, tenant_id: str) -> dict[str, Any]:
+        _check_tenant(tenant_id)
+        return await wixinstall.delete(self.pool, tenant_id)
 
 
 def _check_user(user_id: str | None) -> None:

@@ -539,3 +539,29 @@ SELECT tenant_id, user_id, provider, ciphertext FROM bq_provider_keys ORDER BY t
 -- name: provider_key_recipher
 UPDATE bq_provider_keys SET ciphertext = $5 WHERE tenant_id = $1 AND user_id = $2 AND provider = $3
     AND ciphertext = $4;
+
+-- Wix installations
+
+-- name: wix_installation_get
+SELECT tenant_id, instance_id, source, created_at, updated_at FROM bq_wix_installations WHERE tenant_id = $1;
+
+-- name: wix_installation_put
+-- Links the tenant to an instance, or moves its link to another one. An instance already linked to
+-- another tenant violates the unique instance_id (the library answers 409 and nothing changes).
+INSERT INTO bq_wix_installations (tenant_id, instance_id, source) VALUES ($1, $2, $3)
+ON CONFLICT (tenant_id) DO UPDATE SET instance_id = EXCLUDED.instance_id, source = EXCLUDED.source,
+    updated_at = now()
+RETURNING tenant_id, instance_id, source, created_at, updated_at;
+
+-- name: wix_installation_owner
+SELECT tenant_id FROM bq_wix_installations WHERE instance_id = $1;
+
+-- name: wix_installation_delete
+DELETE FROM bq_wix_installations WHERE tenant_id = $1 RETURNING instance_id;
+
+-- name: wix_installation_delete_instance
+-- The "App Instance Removed" webhook: unlinks whichever tenant holds this instance.
+DELETE FROM bq_wix_installations WHERE instance_id = $1 RETURNING tenant_id;
+
+-- name: wix_instance_for_tenant
+SELECT instance_id FROM bq_wix_installations WHERE tenant_id = $1;

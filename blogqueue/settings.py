@@ -85,6 +85,10 @@ class Settings:
     # Sources, publishers and credits (docs/sources-publishers-credits.md).
     wix_base_url: str = "https://www.wixapis.com"
     wix_api_token: str | None = field(default=None, repr=False)
+    # App mode (issue 18): a Wix app installed on many sites, one OAuth token per installation.
+    wix_app_id: str | None = None
+    wix_app_secret: str | None = field(default=None, repr=False)
+    wix_public_key: str | None = field(default=None, repr=False)  # PEM, verifies Wix's webhooks; long, not secret
     tmdb_base_url: str = "https://api.themoviedb.org"
     tmdb_api_key: str | None = field(default=None, repr=False)
     http_timeout_seconds: float = 30.0
@@ -148,6 +152,11 @@ class Settings:
         for var, ok, why in checks:
             if not ok:
                 raise SettingsError(f"{PREFIX}{var} {why}")
+        if bool(self.wix_app_id) != bool(self.wix_app_secret):  # a half-configured Wix app mode
+            have, missing = ("WIX_APP_ID", "WIX_APP_SECRET") if self.wix_app_id else ("WIX_APP_SECRET", "WIX_APP_ID")
+            raise SettingsError(f"{PREFIX}{missing} must be set together with {PREFIX}{have} (Wix app mode)")
+        if self.wix_public_key and "BEGIN PUBLIC KEY" not in self.wix_public_key:
+            raise SettingsError(f"{PREFIX}WIX_PUBLIC_KEY must be the app's public key in PEM form")
         if not self.database_url.startswith(("postgres://", "postgresql://")):
             raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -175,6 +184,15 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def only_secrets(self, *keep: str) -> Settings:
+        """A copy with every secret (the fields kept out of `repr`) blanked but the ones named.
+
+        For components that need the infrastructure settings (Redis, PostgreSQL, limits)
+        but must not hold every other component's secrets.
+        """
+        blank = {f.name: None for f in dataclasses.fields(self) if not f.repr and f.name not in keep}
+        return dataclasses.replace(self, **blank)
 
     @property
     def max_attempts(self) -> int:

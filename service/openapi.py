@@ -16,6 +16,8 @@ from blogqueue.aisettings import MAX_KEY_LENGTH
 from blogqueue.app import App
 from blogqueue.jobs import PUBLIC_STATUSES
 
+from . import routes_wix
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -316,6 +318,9 @@ PATHS: dict[str, Any] = {
         "200": {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}},
     }, auth=False)},
 }
+
+SCHEMAS.update(routes_wix.SCHEMAS)
+PATHS.update(routes_wix.openapi_paths(_op, _json, _err, _ref))
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -17,7 +17,8 @@ from ..wix import WixConfig
 async def publish(job: dict[str, Any], post: dict[str, Any], source: dict[str, Any],
                   config: WixConfig) -> dict[str, Any]:
     site = (source.get("wix") or {}).get("site_id") or job["tenant_id"]
-    return await wix.create_draft_post(config, site, post, idempotency_key=str(job["id"]))
+    return await wix.create_draft_post(config, site, post, idempotency_key=str(job["id"]),
+                                       tenant_id=job["tenant_id"])
 
 
 async def write_back(job: dict[str, Any], rewrite: dict[str, Any], product: dict[str, Any],
@@ -27,4 +28,4 @@ async def write_back(job: dict[str, Any], rewrite: dict[str, Any], product: dict
         raise FatalError("the wix publisher writes rewrites back to Wix Stores: the job's product needs a "
                          "product_id", code="no_wix_product")
     return await wix.update_product(config, ref["site_id"], ref["product_id"], rewrite,
-                                    idempotency_key=str(job["id"]))
+                                    idempotency_key=str(job["id"]), tenant_id=job["tenant_id"])

@@ -70,7 +70,7 @@ class ProductFields(SourceFields):
 async def fetch(source: dict[str, Any], config: WixConfig, tenant_id: str) -> dict[str, Any]:
     if "product_id" in source:
         site = source.get("store") or tenant_id
-        product = await wix.get_product(config, site, source["product_id"])
+        product = await wix.get_product(config, site, source["product_id"], tenant_id=tenant_id)
         return {"topic": product["name"], "product": product,
                 "wix": {"site_id": site, "product_id": source["product_id"]}}
     product = {k: v for k, v in source.items() if k != "type"}
