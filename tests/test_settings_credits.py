@@ -76,3 +76,13 @@ async def test_wix_refusals_are_fatal_and_clear():
                                         WixConfig(wix.url, "wrong-token"))
         assert wix.drafts == {}
     assert err.value.code == "unauthorized" and "wrong-token" not in err.value.message
+
+
+def test_wix_config_holds_no_other_secret():
+    from blogqueue.wix import config as wix_config
+
+    s = Settings(wix_api_token="wix-tok", wix_app_id="app", wix_app_secret="wix-sec", openai_api_key="sk-other",
+                 secret_key="k" * 32, webhook_secret="hook", tmdb_api_key="tmdb")
+    inner = wix_config(s).settings
+    assert inner is not None and (inner.wix_api_token, inner.wix_app_secret) == ("wix-tok", "wix-sec")
+    assert (inner.openai_api_key, inner.secret_key, inner.webhook_secret, inner.tmdb_api_key) == (None,) * 4
