@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(settings)
         return 0
     if args.command == "serve":
-        from service.app import serve as run_service
+        from .service.app import serve as run_service
 
         run_service(settings, host=args.host, port=args.port)
         return 0

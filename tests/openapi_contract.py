@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from jsonschema import Draft202012Validator
 
-from service.openapi import DOCUMENT
+from blogqueue.service.openapi import DOCUMENT
 
 COMPONENTS = DOCUMENT["components"]
 

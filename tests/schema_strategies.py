@@ -10,7 +10,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from service.openapi import DOCUMENT
+from blogqueue.service.openapi import DOCUMENT
 
 SCHEMAS = DOCUMENT["components"]["schemas"]
 LEAF_JSON = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()

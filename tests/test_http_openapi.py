@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from blogqueue import tokens
+from blogqueue.service.app import ROUTES, create_app
+from blogqueue.service.openapi import DOCUMENT
 from blogqueue.settings import Settings
-from service.app import ROUTES, create_app
-from service.openapi import DOCUMENT
 from tests.http_fixtures import Api, TokenFactory, keyword
 from tests.openapi_contract import check
 from tests.schema_strategies import ANY_JSON, from_schema
