@@ -9,11 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
 from .settings import Settings, SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blogqueue", description="AI content job system")
+    parser.add_argument("--version", action="version", version=f"blogqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the SQL migrations (idempotent)")
     sub.add_parser("worker", help="run an arq worker (same as: arq blogqueue.worker.WorkerSettings)")
