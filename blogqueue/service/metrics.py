@@ -104,7 +104,7 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("blogqueue_ready_jobs", "Jobs ready to dispatch", value=d["dispatcher"]["ready"])
 
         labels = ["worker", "hostname"]
-        fams = {
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "heartbeat": GaugeMetricFamily("blogqueue_worker_heartbeat_age_seconds",
                                            "Seconds since the worker's last heartbeat", labels=labels),
             "in_flight": GaugeMetricFamily("blogqueue_worker_in_flight_jobs", "Jobs running in the worker",
@@ -148,7 +148,7 @@ def bucket_families(buckets: list[dict[str, Any]], reachable: bool) -> Iterator[
     def c(name: str, doc: str) -> CounterMetricFamily:
         return CounterMetricFamily(f"blogqueue_ratelimit_{name}", doc, labels=labels)
 
-    fams = {
+    fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "rpm": g("limit_requests_per_minute", "Configured requests per minute (absent: no limit)"),
         "tpm": g("limit_tokens_per_minute", "Configured tokens per minute (absent: no limit)"),
         "requests": g("used_requests", "Requests in the last 60 s"),
