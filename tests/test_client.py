@@ -52,7 +52,7 @@ async def test_invalid_jobs_name_the_field_and_write_nothing(client, pool, job, 
     with pytest.raises(InvalidInput) as err:
         await client.enqueue("shop-a", job)
     assert err.value.details["field"] == field
-    assert err.value.status == 422
+    assert err.value.code == "invalid_input"
     assert await count(pool) == 0
 
 
@@ -74,7 +74,7 @@ async def test_backlog_limits_refuse_with_retry_after_and_write_nothing(client, 
     await small.enqueue("shop-a", keyword_jobs(5))
     with pytest.raises(BacklogFull) as err:
         await small.enqueue("shop-a", keyword_jobs(1))
-    assert err.value.status == 429 and err.value.retry_after >= 1
+    assert err.value.code == "backlog_full" and err.value.retry_after >= 1
     assert err.value.details["scope"] == "tenant"
     await small.enqueue("shop-b", keyword_jobs(3))
     with pytest.raises(BacklogFull) as err:

@@ -28,7 +28,7 @@ async def test_short_balance_is_refused_with_402_and_writes_nothing(bq, pool):
     await bq.grant_credits("shop-a", 60)
     with pytest.raises(InsufficientCredits) as err:
         await bq.enqueue("shop-a", keyword_jobs(3))  # 75 > 60
-    assert err.value.status == 402
+    assert err.value.code == "insufficient_credits"
     assert err.value.to_dict()["error"] == {"code": "insufficient_credits",
                                             "message": "not enough credits: these jobs cost 75, the balance is 60",
                                             "details": {"required": 75, "balance": 60}}
