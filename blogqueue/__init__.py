@@ -16,8 +16,11 @@ from .errors import (
                      RateLimited,
                      RetryableError,
 )
+from .jobs import JobSpec
+from .models import Batch, Enqueued, EnqueuedJob, Job, JobEvent, JobPage, StageRecord, Stopped
 from .settings import Settings, SettingsError
 
-__all__ = ["BacklogFull", "BlogqueueError", "Client", "Conflict", "FatalError", "InvalidInput", "JobError",
-           "NotFound", "RateLimited", "RetryableError", "Settings", "SettingsError"]
+__all__ = ["BacklogFull", "Batch", "BlogqueueError", "Client", "Conflict", "Enqueued", "EnqueuedJob", "FatalError",
+           "InvalidInput", "Job", "JobError", "JobEvent", "JobPage", "JobSpec", "NotFound", "RateLimited",
+           "RetryableError", "Settings", "SettingsError", "StageRecord", "Stopped"]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .settings import Settings, SettingsError
@@ -107,18 +108,19 @@ async def _client_command(settings: Settings, args: argparse.Namespace) -> int:
     from .client import Client
     from .errors import BlogqueueError
 
-    async with await Client.connect(settings) as client:
+    out: Any
+    async with Client.open(settings) as client:
         try:
             if args.command == "enqueue":
                 body = json.loads(args.body)
                 jobs = body["jobs"] if isinstance(body, dict) and "jobs" in body else body
-                out = await client.enqueue(args.tenant, jobs)
+                out = (await client.enqueue(args.tenant, jobs)).model_dump(mode="json")
             elif args.command == "credits" and args.credits_command == "grant":
                 out = await client.grant_credits(args.tenant, args.amount, args.note)
             elif args.command == "credits":
                 out = await client.credit_balance(args.tenant)
             else:
-                out = await client.get_job(args.job_id)
+                out = (await client.get_job(args.job_id)).model_dump(mode="json")
         except BlogqueueError as exc:
             print(json.dumps(exc.to_dict()), file=sys.stderr)
             return 1

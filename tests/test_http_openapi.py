@@ -121,7 +121,7 @@ def fuzz_target(settings: Settings) -> Iterator[dict[str, Any]]:
         tenant, _ = await tokens.create(pool, "fuzz-a")
         admin, _ = await tokens.create(pool, "fuzz-ops", is_admin=True)
         out = await app.state.client.enqueue("fuzz-a", keyword(2))
-        return {"tenant": tenant, "admin": admin, "job": out["jobs"][0]["id"], "batch": out["batch_id"]}
+        return {"tenant": tenant, "admin": admin, "job": out.jobs[0].id, "batch": out.batch_id}
 
     known = runner.run(setup())
     yield {"runner": runner, "client": client, **known}

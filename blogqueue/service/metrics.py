@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from blogqueue import metrics, ratelimit
+from blogqueue import ratelimit
 from blogqueue.settings import Settings
 
 from .auth import authenticate_admin
@@ -33,7 +33,7 @@ log = structlog.get_logger("blogqueue.service")
 
 async def _collect(request: Request) -> dict[str, Any]:
     client = request.app.state.client
-    data = await metrics.collect(client.pool, client.settings)
+    data = await client.metrics()
     data["buckets"], data["redis_reachable"] = await _buckets(request.app.state.redis, client.settings)
     return data
 
