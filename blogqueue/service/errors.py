@@ -84,6 +84,8 @@ async def on_blogqueue_error(request: Request, exc: Exception) -> Response:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, BacklogFull) else {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="blogqueue"'
+    if isinstance(exc, BodyTooLarge):
+        headers["Connection"] = "close"  # the rest of the body, if any, is not read (bodies.py)
     return JSONResponse(exc.to_dict(), status_code=status_for(exc), headers=headers)
 
 
