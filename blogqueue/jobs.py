@@ -70,7 +70,7 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
         return InvalidInput(f"{where}.{name} {why}", details={"field": f"{where}.{name}"})
 
     kind = raw.get("kind", "blog_post")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise bad("kind", f"must be one of {', '.join(KINDS)}")
     source = raw.get("source")
     if not isinstance(source, dict):

@@ -26,7 +26,7 @@ REGISTRY: dict[str, Source] = {"keyword": keyword, "product": product, "tmdb": t
 
 def validate(kind: str, source: dict[str, Any]) -> dict[str, Any]:
     name = source.get("type")
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:  # {"type": {}} is not hashable
         raise ValueError(f"type must be one of {', '.join(sorted(REGISTRY))}")
     module = REGISTRY[name]
     if kind not in module.KINDS:
