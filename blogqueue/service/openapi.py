@@ -11,6 +11,7 @@ schemathesis against a running service (tests/test_http_openapi.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -172,10 +173,19 @@ def _source_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) + "Source"
 
 
+def _hoisted(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """A standalone JSON schema as a component: its `$defs` move to the components, refs follow."""
+    text = json.dumps(schema).replace('"#/$defs/', '"#/components/schemas/')
+    out: dict[str, Any] = json.loads(text)
+    for name, sub in out.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    return out
+
+
 def _apply_registry(components: dict[str, Any], reg: Registry) -> None:
     """Narrows the app-dependent parts of the models' schemas to the loaded app."""
     for name, schema in reg.sources.items():
-        components[_source_name(name)] = schema
+        components[_source_name(name)] = _hoisted(schema, components)
     components["Source"] = {
         "description": "Where the job's subject comes from; `type` picks the source. Which types a kind "
                        "accepts: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in reg.kinds.items()) + ".",
