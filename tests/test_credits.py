@@ -1,5 +1,6 @@
 """Credits: reserved at enqueue, charged once when done, released on failure or cancel."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -47,7 +48,7 @@ async def test_replayed_job_is_not_reserved_twice(bq, pool):
     job = {"source": {"type": "keyword", "keyword": "tea"}, "idempotency_key": "k1"}
     first = await bq.enqueue("shop-a", job)
     again = await bq.enqueue("shop-a", job)  # balance is 5 now: a replay must not need credits
-    assert again.jobs[0] == first.jobs[0].model_copy(update={"replayed": True})
+    assert again.jobs[0] == dataclasses.replace(first.jobs[0], replayed=True)
     assert (await bq.credit_balance("shop-a"))["balance"] == 5
 
 
