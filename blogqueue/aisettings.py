@@ -12,17 +12,19 @@ Body of `put` (every field optional; absent fields are left as they are):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import providers, secrets
+from . import secrets
 from .db import Q
 from .errors import InvalidInput, Unavailable
 from .jobs import _unstorable
 from .settings import Settings
 
-KEY_PROVIDERS = ("openai", "anthropic", "gemini", "replicate")
+if TYPE_CHECKING:
+    from .app import App
+
 MAX_KEY_LENGTH = 512
 
 
@@ -38,7 +40,8 @@ async def get(pool: asyncpg.Pool, tenant_id: str, user_id: str | None) -> dict[s
             "updated_at": row["updated_at"].isoformat() if row["updated_at"] else None}
 
 
-def _validate(body: Any) -> tuple[bool, str | None, dict[str, str | None]]:
+def _validate(body: Any, app: App) -> tuple[bool, str | None, dict[str, str | None]]:
+    """Keys can be stored for the app's providers that need one (`app.key_providers`)."""
     if not isinstance(body, dict):
         raise InvalidInput("the body must be an object with \"model\" and/or \"keys\"", details={"field": "body"})
     # Checked first: later messages name fields, and a lone surrogate cannot even be rendered in an error.
@@ -56,7 +59,7 @@ def _validate(body: Any) -> tuple[bool, str | None, dict[str, str | None]]:
             raise InvalidInput("model must be a string like \"openai:gpt-4o-mini\", or null",
                                details={"field": "model"})
         try:
-            providers.validate_model(model)
+            app.validate_model(model)
         except ValueError as exc:
             raise InvalidInput(f"model: {exc}", details={"field": "model"}) from None
     keys = body.get("keys", {})
@@ -64,8 +67,8 @@ def _validate(body: Any) -> tuple[bool, str | None, dict[str, str | None]]:
         raise InvalidInput("keys must be an object of provider: key", details={"field": "keys"})
     for provider, key in keys.items():
         field = f"keys.{provider}"
-        if provider not in KEY_PROVIDERS:
-            raise InvalidInput(f"{field}: keys can be stored for {', '.join(KEY_PROVIDERS)}",
+        if provider not in app.key_providers:
+            raise InvalidInput(f"{field}: keys can be stored for {', '.join(app.key_providers)}",
                                details={"field": field})
         # Never echo the value: a misplaced key must not come back in an error.
         if key is not None and (not isinstance(key, str) or not 8 <= len(key) <= MAX_KEY_LENGTH
@@ -76,9 +79,9 @@ def _validate(body: Any) -> tuple[bool, str | None, dict[str, str | None]]:
 
 
 async def put(pool: asyncpg.Pool, settings: Settings, tenant_id: str, user_id: str | None,
-              body: Any) -> dict[str, Any]:
-    """Validates everything first; writes all of it in one transaction, or nothing."""
-    has_model, model, keys = _validate(body)
+              body: Any, app: App) -> dict[str, Any]:
+    """Validates everything first (against `app`'s providers); writes all of it in one transaction, or nothing."""
+    has_model, model, keys = _validate(body, app)
     if any(k is not None for k in keys.values()) and not settings.secret_key:
         raise Unavailable("this server cannot store API keys: BLOGQUEUE_SECRET_KEY is not set (operator)",
                           code="secret_key_missing")

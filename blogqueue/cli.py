@@ -19,8 +19,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"blogqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the SQL migrations (idempotent)")
-    sub.add_parser("worker", help="run an arq worker (same as: arq blogqueue.worker.WorkerSettings)")
+    worker = sub.add_parser("worker", help="run an arq worker (same as: arq blogqueue.worker.WorkerSettings)")
     serve = sub.add_parser("serve", help="run the HTTP service")
+    for p in (worker, serve):
+        p.add_argument("--app", metavar="MODULE:ATTR",
+                       help="the blogqueue.App with your kinds, sources, publishers, providers (or BLOGQUEUE_APP)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     enqueue = sub.add_parser("enqueue", help="enqueue jobs from a JSON file ('-' for stdin)")
@@ -66,15 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         applied = asyncio.run(migrate(settings))
         print("applied: " + ", ".join(applied) if applied else "up to date")
         return 0
+    if args.command in ("worker", "serve"):
+        from .app import load
+
+        try:
+            app = load(args.app or settings.app, where="--app" if args.app else "BLOGQUEUE_APP")
+            app.check(settings)
+        except SettingsError as exc:
+            print(f"blogqueue {args.command}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "worker":
         from .worker import run
 
-        run(settings)
+        run(settings, app)
         return 0
     if args.command == "serve":
         from .service.app import serve as run_service
 
-        run_service(settings, host=args.host, port=args.port)
+        run_service(settings, host=args.host, port=args.port, bq_app=app)
         return 0
     if args.command == "token":
         from .tokens_cli import run as run_tokens

@@ -29,10 +29,11 @@ from typing import Any, get_args
 import asyncpg
 
 from . import aisettings, credits, db, metrics, tokens
+from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
-from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job
-from .models import Batch, Enqueued, EnqueuedJob, Job, JobEvent, JobPage, PublicStatus, StageRecord, Stopped
+from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, wait_reason
+from .models import Batch, Enqueued, EnqueuedJob, Job, JobDetail, JobEvent, JobPage, PublicStatus, StageRecord, Stopped
 from .settings import Settings
 from .tokens import Principal
 
@@ -43,11 +44,14 @@ MAX_PAGE = 200
 
 class Client:
     """The library API. Open one with `async with Client.open(settings) as bq:`; or share a
-    pool you own with `Client(settings, pool)` (closing the client then leaves the pool open)."""
+    pool you own with `Client(settings, pool)` (closing the client then leaves the pool open).
+    `app` is the registry jobs are validated against (the built-in `App()` when None)."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, owns_pool: bool = False) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, owns_pool: bool = False,
+                 app: App | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.app = app if app is not None else App()  # kinds, sources and models are validated against it
         self._owns_pool = owns_pool
         # One enqueue per tenant at a time in this process, before taking a connection:
         # waiting on the tenant's advisory lock with a pooled connection in hand would
@@ -56,23 +60,23 @@ class Client:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: Settings, **pool_options: Any) -> AsyncIterator[Client]:
+    async def open(cls, settings: Settings, app: App | None = None, **pool_options: Any) -> AsyncIterator[Client]:
         """A client with a pool of its own, closed on leaving the block.
 
         `pool_options` go to `blogqueue.db.create_pool` (e.g. `min_size=0, timeout=5`).
         """
-        client = cls(settings, await db.create_pool(settings, **pool_options), owns_pool=True)
+        client = cls(settings, await db.create_pool(settings, **pool_options), owns_pool=True, app=app)
         try:
             yield client
         finally:
             await client.close()
 
     @classmethod
-    async def connect(cls, settings: Settings) -> Client:
+    async def connect(cls, settings: Settings, app: App | None = None) -> Client:
         """Deprecated: use `async with Client.open(settings) as bq:`. Removed after 0.2."""
         warnings.warn("Client.connect() is deprecated; use `async with Client.open(settings) as bq:`",
                       DeprecationWarning, stacklevel=2)
-        return cls(settings, await db.create_pool(settings), owns_pool=True)
+        return cls(settings, await db.create_pool(settings), owns_pool=True, app=app)
 
     async def close(self) -> None:
         if self._owns_pool:
@@ -102,7 +106,7 @@ class Client:
         if len(raw) > self.settings.max_batch_size:
             raise InvalidInput(f"at most {self.settings.max_batch_size} jobs per request",
                                details={"field": "jobs", "limit": self.settings.max_batch_size})
-        specs = [parse_job(r, f"jobs[{i}]" if len(raw) > 1 else "job") for i, r in enumerate(raw)]
+        specs = [parse_job(r, self.app, f"jobs[{i}]" if len(raw) > 1 else "job") for i, r in enumerate(raw)]
 
         lock = self._tenant_locks.setdefault(tenant_id, asyncio.Lock())
         async with lock, self.pool.acquire() as conn, conn.transaction():
@@ -113,7 +117,8 @@ class Client:
             self._check_backlog(counts, len(new), rate)
             batch_id = await self._insert(conn, tenant_id, user_id, specs, ids, new)
             # After the insert (the ledger references the jobs); refusing rolls the insert back.
-            await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in sorted(new)])
+            await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in sorted(new)],
+                                  self.app)
             rows = await conn.fetch(
                 "SELECT id, bq_public_status(status, failures) AS status FROM bq_jobs WHERE id = ANY($1::uuid[])",
                 list(set(ids)))
@@ -178,13 +183,13 @@ class Client:
             [i for i, _ in picked], [s.kind for _, s in picked], [s.stored() for _, s in picked],
             [s.model for _, s in picked], [s.priority for _, s in picked],
             [s.idempotency_key for _, s in picked], [s.request_hash() for _, s in picked],
-            [s.run_at for _, s in picked], [s.stages[0] for _, s in picked],
+            [s.run_at for _, s in picked], [self.app.kinds[s.kind].stage_names[0] for _, s in picked],
             tenant_id, user_id, batch_id)
         return batch_id
 
     # -- read ------------------------------------------------------------------
 
-    async def get_job(self, job_id: str, tenant_id: str | None = None) -> Job:
+    async def get_job(self, job_id: str, tenant_id: str | None = None) -> JobDetail:
         """One job with its stage outputs and progress events; NotFound if not the tenant's."""
         jid = _uuid(job_id, "job")
         async with self.pool.acquire() as conn:
@@ -193,8 +198,10 @@ class Client:
                 raise NotFound("no such job", details={"id": job_id})
             events = await conn.fetch(Q["job_events"], jid, MAX_EVENTS)
             stages = await conn.fetch(Q["job_stages"], jid)
-        return Job.model_validate({
+            waiting = await wait_reason(conn, dict(row), self.settings.heartbeat_seconds * 3)
+        return JobDetail.model_validate({
             **public_job(dict(row)),
+            "wait_reason": waiting,
             "events": [JobEvent(at=e["at"], attempt=e["attempt"], event=e["event"], detail=e["detail"] or None)
                        for e in events],
             "stages": {s["stage"]: StageRecord(attempt=s["attempt"], at=s["created_at"]) for s in stages},
@@ -289,7 +296,7 @@ class Client:
         """Sets the preferred model and/or stores (encrypted) or deletes keys; see blogqueue.aisettings."""
         _check_tenant(tenant_id)
         _check_user(user_id)
-        return await aisettings.put(self.pool, self.settings, tenant_id, user_id, body)
+        return await aisettings.put(self.pool, self.settings, tenant_id, user_id, body, self.app)
 
 
     # -- for the service: tokens, readiness, metrics --------------------------

@@ -14,7 +14,7 @@ Spendable balance = grants - reserves + releases
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -22,23 +22,25 @@ from .db import Q
 from .errors import InsufficientCredits, InvalidInput
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .app import App
+
 MAX_GRANT = 10**12
 
 
-def cost(settings: Settings, kind: str) -> int:
-    return int(settings.credit_costs.get(kind, 0))
-
-
 async def reserve(conn: asyncpg.Connection, settings: Settings, tenant_id: str,
-                  jobs: list[tuple[uuid.UUID, str]]) -> int:
+                  jobs: list[tuple[uuid.UUID, str]], app: App) -> int:
     """Reserves the cost of the new jobs `(id, kind)`, or raises InsufficientCredits.
+
+    A kind's cost is BLOGQUEUE_CREDIT_COSTS' figure for it, else the `credit_cost`
+    the app registered it with (`App.credit_cost`).
 
     Must run inside the enqueue's transaction, under its per-tenant lock, so
     the balance read here is still true when the reservation commits.
     """
     if not settings.credits_enabled or not jobs:
         return 0
-    amounts = [cost(settings, kind) for _, kind in jobs]
+    amounts = [app.credit_cost(kind, settings) for _, kind in jobs]
     needed = sum(amounts)
     balance = await conn.fetchval(Q["credit_balance"], tenant_id)
     if needed > balance:

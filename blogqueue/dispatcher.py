@@ -125,7 +125,9 @@ class Dispatcher:
             free = cap["capacity"] - inflight
             if free <= 0:
                 return False
-            picked = await conn.fetch(Q["fair_candidates"], free, s.max_inflight_per_tenant, str(self.cycles))
+            # Only kinds a live worker knows (bq_workers.kinds): others stay queued, never failed.
+            picked = await conn.fetch(Q["fair_candidates"], free, s.max_inflight_per_tenant, str(self.cycles),
+                                      s.queue_name, s.heartbeat_seconds * 3)
             if not picked:
                 return False
         # Shielded: a shutdown that cancels the dispatcher between the committed UPDATE and

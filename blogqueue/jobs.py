@@ -1,8 +1,10 @@
 """The job object: validation of what callers submit, and what they read back.
 
 `parse_job` turns one submitted job (a dict, as in DESIGN §6) into a `JobSpec`
-or raises `InvalidInput` naming the offending field. Nothing here touches the
-database.
+or raises `InvalidInput` naming the offending field. Kinds, sources and models
+are checked against the app (blogqueue.App): an unknown kind, or a source the
+kind does not take, is refused. Nothing here touches the database, except
+`wait_reason`, which says why a queued job is not dispatched.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import providers, sources
+import asyncpg
+
+from .db import Q
 from .errors import InvalidInput
+from .sources import SourceInvalid
 
-KINDS: dict[str, tuple[str, ...]] = {
-    "blog_post": ("source", "content", "image", "publish"),
-    "product_optimization": ("product", "rewrite", "write_back"),
-}
+if TYPE_CHECKING:
+    from .app import App
+
 FIELDS = {"kind", "source", "model", "priority", "idempotency_key", "image", "publish", "run_at", "metadata"}
 PUBLIC_STATUSES = ("queued", "running", "retrying", "done", "failed", "cancelled")
 MAX_METADATA_BYTES = 16_384
@@ -38,10 +42,6 @@ class JobSpec:
     run_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def stages(self) -> tuple[str, ...]:
-        return KINDS[self.kind]
-
     def stored(self) -> dict[str, Any]:
         """What is kept in the job's `spec` column."""
         return {"source": self.source, "image": self.image, "publish": self.publish,
@@ -54,7 +54,7 @@ class JobSpec:
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def parse_job(raw: Any, where: str = "job") -> JobSpec:
+def parse_job(raw: Any, app: App, where: str = "job") -> JobSpec:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{where} must be an object", details={"field": where})
     bad_text = _unstorable(raw, where)
@@ -70,22 +70,24 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
         return InvalidInput(f"{where}.{name} {why}", details={"field": f"{where}.{name}"})
 
     kind = raw.get("kind", "blog_post")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise bad("kind", f"must be one of {', '.join(KINDS)}")
+    if not isinstance(kind, str) or kind not in app.kinds:
+        raise bad("kind", f"must be one of {', '.join(app.kinds)}")
     source = raw.get("source")
     if not isinstance(source, dict):
         raise bad("source", "must be an object with a \"type\"")
     try:
-        source = sources.validate(kind, source)
-    except ValueError as exc:
-        raise bad("source", str(exc)) from None
+        source = app.validate_source(kind, source)
+    except SourceInvalid as exc:
+        # The message names the exact field; details keep the source object as the field.
+        text = f"{where}.source.{exc.field} {exc.why}" if exc.field else f"{where}.source {exc.why}"
+        raise InvalidInput(text, details={"field": f"{where}.source"}) from None
 
     model = raw.get("model")
     if model is not None:
         if not isinstance(model, str):
             raise bad("model", "must be a string like \"provider:model\"")
         try:
-            providers.validate_model(model)
+            app.validate_model(model)
         except ValueError as exc:
             raise bad("model", str(exc)) from None
 
@@ -184,6 +186,22 @@ def public_job(row: dict[str, Any]) -> dict[str, Any]:
         "metadata": row["spec"].get("metadata", {}),
         "result": row["result"],
     }
+
+
+async def wait_reason(conn: asyncpg.Connection | asyncpg.Pool, job: dict[str, Any],
+                      live_window_s: float) -> str | None:
+    """Why a queued job is not dispatched, when no live worker knows its kind; None otherwise.
+
+    Workers record the kinds their app registers (bq_workers.kinds); the
+    dispatcher hands out only kinds some live worker knows, so such a job waits
+    in the queue (never failing) until one starts.
+    """
+    if job["status"] != "queued":
+        return None
+    if await conn.fetchval(Q["kind_served"], job["kind"], live_window_s):
+        return None
+    return (f"no live worker knows the kind {job['kind']!r}: start workers with an app that registers it "
+            f"(blogqueue worker --app MODULE:ATTR)")
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,7 +1,7 @@
 """What the library's read and write calls return: typed, immutable objects.
 
-`Client.enqueue` returns `Enqueued`, `get_job` a `Job` (with `events` and
-`stages`), `list_jobs` a `JobPage` of `Job`s (without them), `get_batch` a
+`Client.enqueue` returns `Enqueued`, `get_job` a `JobDetail` (a `Job` with
+`wait_reason`, `events` and `stages`), `list_jobs` a `JobPage` of `Job`s, `get_batch` a
 `Batch`, the stop calls `Stopped`. They are pydantic models, so the HTTP
 service answers with `obj.model_dump_json()` and the OpenAPI document takes
 their JSON schemas from the same classes: one definition for the library, the
@@ -97,10 +97,15 @@ class Job(_Model):
     finished_at: Time | None
     metadata: dict[str, Any]
     result: dict[str, Any] | None
-    events: list[JobEvent] | None = Field(default=None, exclude_if=_absent_if_none,
-                                          description="the progress log (one job's view only)")
-    stages: dict[str, StageRecord] | None = Field(default=None, exclude_if=_absent_if_none,
-                                                  description="saved stage outputs (one job's view only)")
+
+
+class JobDetail(Job):
+    """One job read on its own (`get_job`): with why it waits, its progress log and saved stages."""
+
+    wait_reason: str | None = Field(description="why a queued job is not dispatched (no live worker knows "
+                                                "its kind); null otherwise")
+    events: list[JobEvent] = Field(description="the progress log, oldest first")
+    stages: dict[str, StageRecord] = Field(description="the stages whose output is saved, by name")
 
 
 class JobPage(_Model):
@@ -120,5 +125,5 @@ class Batch(_Model):
 class Stopped(_Model):
     cancelled: int = Field(ge=0, description="waiting jobs cancelled now")
     stopping: int = Field(ge=0, description="running jobs told to stop at their next boundary")
-    job: Job | None = Field(default=None, exclude_if=_absent_if_none,
-                            description="the job after the stop (stopping one job only)")
+    job: JobDetail | None = Field(default=None, exclude_if=_absent_if_none,
+                                  description="the job after the stop (stopping one job only)")

@@ -1,199 +1,177 @@
-"""The stages of each job kind, and the loop that runs them with checkpoints.
+"""The checkpoint loop, and `Run`: what every stage (built-in or yours) receives.
 
-A stage is `async def stage(run) -> dict`: its output is saved in
-`bq_job_stages` before the next stage starts, and a later attempt skips every
-stage that has a saved output (invariant 3), so a paid call whose result was
-saved is never made again.
+A stage is `async def stage(run: blogqueue.Run) -> dict`. Its output is saved
+in `bq_job_stages` before the next stage starts, and a later attempt skips
+every stage that has a saved output (invariant 3), so a paid call whose
+result was saved is never made again. A stage raises
+`blogqueue.RetryableError` (try again on the retry schedule),
+`blogqueue.RateLimited` (wait, no attempt used) or `blogqueue.FatalError`
+(fail now, with its message as `last_error`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import prompts, providers, publishers, ratelimit, sources
+from . import ratelimit
 from .db import Q
 from .errors import FatalError
-from .providers import CallContext, ImageRequest, ImageResult, TextRequest, TextResult
+from .prompts import Prompt
+from .providers.base import CallContext, ImageRequest, ImageResult, Provider, TextRequest, TextResult
 from .resolve import Resolved, resolve
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .app import App
 
 
 class StaleAttempt(Exception):
     """This attempt no longer owns its job (lease lapsed, job stopped): stop quietly."""
 
 
-@dataclass
+class StopRequested(Exception):
+    """A stop was asked for this job; raised at a stage boundary."""
+
+
 class Run:
-    job: dict[str, Any]
-    settings: Settings
-    pool: asyncpg.Pool
-    outputs: dict[str, Any]
-    stage: str = ""
-    _resolved: Resolved | None = field(default=None, repr=False)
+    """One attempt of one job, as its stages see it.
 
-    @property
-    def job_id(self) -> str:
-        return str(self.job["id"])
+    Attributes (treat them as read-only):
+      job_id, tenant_id, user_id (None when enqueued without a user), attempt
+        (1 for the first run; a retry resumes at the first unsaved stage),
+      spec      the submitted job: `source` (validated, with `type`), `metadata`,
+                `image`, `publish`, `model` (None: the user's or the default),
+      outputs   saved outputs of the stages before this one, by stage name,
+      stage     the running stage's name,
+      kind, app the job's kind and the App it runs in.
 
-    @property
-    def spec(self) -> dict[str, Any]:
-        return self.job["spec"]
+    Calls:
+      await run.text(system, prompt, *, max_tokens=1500, json_output=False)
+          -> TextResult (.text, .prompt_tokens, .completion_tokens, .model)
+      await run.image(prompt) -> URL
+          Both resolve the model and key (DESIGN §5) and pass the shared rate
+          limiter (§7) of the provider the model names.
+      run.prompt(name) -> Prompt      the app's prompt of that name
+      await run.fetch_source() -> dict  the job's source, fetched by its source type
+      await run.publish(post, source) / await run.write_back(rewrite, product)
+          -> dict  through the deployment's publisher (BLOGQUEUE_PUBLISHER),
+          with the job id as idempotency key.
+    """
 
-    def ctx(self) -> CallContext:
-        return CallContext(job_id=self.job_id, attempt=self.job["attempt"], stage=self.stage,
-                           tenant_id=self.job["tenant_id"])
+    def __init__(self, job: dict[str, Any], *, app: App, settings: Settings, pool: asyncpg.Pool,
+                 outputs: dict[str, Any] | None = None) -> None:
+        self.job = job
+        self.job_id = str(job["id"])
+        self.tenant_id = str(job["tenant_id"])
+        self.user_id: str | None = job.get("user_id")
+        self.attempt = int(job["attempt"])
+        self.kind = str(job["kind"])
+        self.spec: dict[str, Any] = {**job["spec"], "model": job.get("model")}
+        self.outputs: dict[str, Any] = dict(outputs or {})
+        self.stage = ""
+        self.app = app
+        self._settings = settings
+        self._pool = pool
+        self._resolved: Resolved | None = None
 
-    async def resolved(self) -> Resolved:
+    # -- provider calls ------------------------------------------------------------
+
+    def _ctx(self) -> CallContext:
+        return CallContext(job_id=self.job_id, attempt=self.attempt, stage=self.stage, tenant_id=self.tenant_id)
+
+    async def _provider(self) -> tuple[Resolved, Provider, bool]:
+        """The resolved model and key, the adapter, and whether the limiter meters it."""
         if self._resolved is None:
-            self._resolved = await resolve(self.job, self.settings, self.pool)
-        return self._resolved
+            self._resolved = await resolve(self.job, self._settings, self._pool, self.app)
+        r = self._resolved
+        entry = self.app.providers[r.provider]
+        return r, self.app.provider_adapter(r.provider, self._settings), bool(entry.limit_dimensions)
 
     async def text(self, system: str, prompt: str, *, max_tokens: int = 1500,
                    json_output: bool = False) -> TextResult:
-        r = await self.resolved()
-        provider = providers.get(r.provider, self.settings)
+        r, provider, limited = await self._provider()
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
-        ctx = self.ctx()
-        if r.provider == "offline":  # network-free: no bucket, its simulated 429s go straight to the engine
+        ctx = self._ctx()
+        if not limited:
             return await provider.generate_text(request, r.api_key, ctx)
         est = ratelimit.estimate_tokens(system, prompt, max_tokens=max_tokens)
-        return await ratelimit.limiter(self.settings).call(
-            r.provider, r.api_key, est, lambda: provider.generate_text(request, r.api_key, ctx),
+        result: TextResult = await self._limited(
+            r, est, lambda: provider.generate_text(request, r.api_key, ctx),
             used=lambda res: res.total_tokens, info=lambda res: res.limits)
+        return result
 
     async def image(self, prompt: str) -> str:
-        r = await self.resolved()
-        provider = providers.get(r.provider, self.settings)
-        request, ctx = ImageRequest(model=r.model, prompt=prompt), self.ctx()
-        if r.provider == "offline":
+        r, provider, limited = await self._provider()
+        request, ctx = ImageRequest(model=r.model, prompt=prompt), self._ctx()
+        if not limited:
             return (await provider.generate_image(request, r.api_key, ctx)).url
-        result: ImageResult = await ratelimit.limiter(self.settings).call(
-            r.provider, r.api_key, 0, lambda: provider.generate_image(request, r.api_key, ctx),
+        result: ImageResult = await self._limited(
+            r, 0, lambda: provider.generate_image(request, r.api_key, ctx),
             used=lambda res: 0, info=lambda res: res.limits)
         return result.url
 
+    async def _limited(self, r: Resolved, est: int, call: Callable[[], Any], *,
+                       used: Callable[[Any], int], info: Callable[[Any], Any]) -> Any:
+        """The one place a stage's provider call passes the shared limiter."""
+        return await ratelimit.limiter(self._settings).call(r.provider, r.api_key, est, call, used=used, info=info)
 
-def _usage(result: TextResult) -> dict[str, Any]:
+    async def _checkpoint(self, name: str, output: dict[str, Any], following: str | None) -> None:
+        """Saves a stage's output while this attempt still owns the job; StaleAttempt if it does not."""
+        owned = await self._pool.fetchval(Q["save_stage"], self.job["id"], self.attempt, name, output, following)
+        if not owned:
+            raise StaleAttempt(name)
+        self.outputs[name] = output
+
+    # -- the app's prompts, source and publisher -------------------------------------
+
+    def prompt(self, name: str) -> Prompt:
+        try:
+            return self.app.prompts[name]
+        except KeyError:
+            raise FatalError(f"no prompt {name!r} is registered on this app", code="unknown_prompt") from None
+
+    async def fetch_source(self) -> dict[str, Any]:
+        return await self.app.fetch_source(self.job["spec"]["source"], self._settings, self.tenant_id)
+
+    async def publish(self, post: dict[str, Any], source: dict[str, Any] | None = None) -> dict[str, Any]:
+        publisher, config = self.app.publisher_for(self._settings)
+        out: dict[str, Any] = await publisher.publish(self.job, post, source or {}, config)
+        return out
+
+    async def write_back(self, rewrite: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
+        publisher, config = self.app.publisher_for(self._settings)
+        out: dict[str, Any] = await publisher.write_back(self.job, rewrite, product, config)
+        return out
+
+
+def usage(result: TextResult) -> dict[str, Any]:
+    """What a stage keeps of a text call for the job's result: model and token counts."""
     return {"model": result.model, "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens}
 
 
-# -- blog_post -----------------------------------------------------------------
-
-async def source_stage(run: Run) -> dict[str, Any]:
-    return await sources.fetch(run.spec["source"], run.settings, run.job["tenant_id"])
-
-
-async def content_stage(run: Run) -> dict[str, Any]:
-    system, prompt = prompts.blog(run.outputs["source"])
-    result = await run.text(system, prompt)
-    title, _, body = result.text.strip().partition("\n")
-    title = title.lstrip("# ").strip() or run.outputs["source"]["topic"]
-    return {"title": title, "body": body.strip(), "usage": _usage(result), "prompt_version": prompts.VERSION}
-
-
-async def image_stage(run: Run) -> dict[str, Any]:
-    if not run.spec.get("image", True):
-        return {"skipped": True}
-    return {"url": await run.image(prompts.image(run.outputs["content"]["title"]))}
-
-
-async def publish_stage(run: Run) -> dict[str, Any]:
-    if not run.spec.get("publish", True):
-        return {"skipped": True}
-    post = {"title": run.outputs["content"]["title"], "body": run.outputs["content"]["body"],
-            "image_url": run.outputs["image"].get("url")}
-    return await publishers.get(run.settings.publisher).publish(run.job, post, run.outputs["source"], run.settings)
-
-
-def blog_result(run: Run) -> dict[str, Any]:
-    content = run.outputs["content"]
-    return {"title": content["title"], "body": content["body"],
-            "image_url": run.outputs["image"].get("url"), "publish": run.outputs["publish"],
-            "usage": content["usage"], "prompt_version": content.get("prompt_version", prompts.VERSION)}
-
-
-# -- product_optimization ------------------------------------------------------
-
-async def product_stage(run: Run) -> dict[str, Any]:
-    return await sources.fetch(run.spec["source"], run.settings, run.job["tenant_id"])
-
-
-async def rewrite_stage(run: Run) -> dict[str, Any]:
-    system, prompt = prompts.rewrite(run.outputs["product"]["product"])
-    result = await run.text(system, prompt, max_tokens=800, json_output=True)
-    try:
-        fields = json.loads(_strip_fence(result.text))
-    except ValueError:
-        raise FatalError("the model did not answer with the JSON object the rewrite asks for",
-                         code="bad_model_output") from None
-    keys = ("title", "description", "seo_title", "seo_description")
-    if not isinstance(fields, dict) or not all(isinstance(fields.get(k), str) for k in keys):
-        raise FatalError("the model's rewrite lacks title, description or SEO fields", code="bad_model_output")
-    return {**{k: fields[k] for k in keys}, "usage": _usage(result), "prompt_version": prompts.VERSION}
-
-
-async def write_back_stage(run: Run) -> dict[str, Any]:
-    if not run.spec.get("publish", True):
-        return {"skipped": True}
-    rewrite = {k: v for k, v in run.outputs["rewrite"].items() if k not in ("usage", "prompt_version")}
-    return await publishers.get(run.settings.publisher).write_back(run.job, rewrite, run.outputs["product"],
-                                                                   run.settings)
-
-
-def product_result(run: Run) -> dict[str, Any]:
-    rewrite = run.outputs["rewrite"]
-    return {**{k: v for k, v in rewrite.items() if k not in ("usage", "prompt_version")},
-            "original": run.outputs["product"]["product"], "write_back": run.outputs["write_back"],
-            "usage": rewrite["usage"], "prompt_version": rewrite.get("prompt_version", prompts.VERSION)}
-
-
-def _strip_fence(text: str) -> str:
-    text = text.strip()
-    if text.startswith("```"):
-        text = text.split("\n", 1)[1] if "\n" in text else ""
-        text = text.rsplit("```", 1)[0]
-    return text
-
-
-Stage = Callable[[Run], Awaitable[dict[str, Any]]]
-PIPELINES: dict[str, tuple[list[tuple[str, Stage]], Callable[[Run], dict[str, Any]]]] = {
-    "blog_post": ([("source", source_stage), ("content", content_stage), ("image", image_stage),
-                   ("publish", publish_stage)], blog_result),
-    "product_optimization": ([("product", product_stage), ("rewrite", rewrite_stage),
-                              ("write_back", write_back_stage)], product_result),
-}
-
-
 async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, Any]:
-    """Runs the unfinished stages in order; returns the job's result.
+    """Runs the unfinished stages of the job's kind in order; returns the job's result.
 
     Raises StaleAttempt when a checkpoint finds the attempt no longer owns the
-    job, and asyncio.CancelledError when `should_stop` says stop at a boundary.
+    job, and StopRequested when `should_stop` says stop at a boundary.
     """
-    stages, result = PIPELINES[run.job["kind"]]
-    names = [name for name, _ in stages]
-    for i, (name, stage) in enumerate(stages):
+    kind = run.app.kinds[run.kind]
+    names = kind.stage_names
+    for i, (name, stage) in enumerate(kind.stages):
         if name in run.outputs:
             continue
         if should_stop():
             raise StopRequested
         run.stage = name
         output = await stage(run)
+        if not isinstance(output, dict):
+            raise FatalError(f"stage {name!r} of kind {kind.name!r} returned {type(output).__name__}, not a dict",
+                             code="bad_stage_output")
         following = names[i + 1] if i + 1 < len(names) else None
-        owned = await run.pool.fetchval(Q["save_stage"], run.job["id"], run.job["attempt"], name, output,
-                                        following)
-        if not owned:
-            raise StaleAttempt(name)
-        run.outputs[name] = output
-    return result(run)
-
-
-class StopRequested(Exception):
-    """A stop was asked for this job; raised at a stage boundary."""
+        await run._checkpoint(name, output, following)
+    return kind.result(run) if kind.result is not None else {n: run.outputs[n] for n in names}

@@ -174,8 +174,13 @@ SELECT count(*)::int AS n FROM bq_jobs WHERE status IN ('dispatched', 'running')
 -- slot/weight first, so each free slot goes to the tenant furthest below its share.
 -- Candidates that would pass the per-tenant cap come after every one that would
 -- not: the cap binds only while other tenants have work that can use the slot.
--- Ties between tenants rotate with $3.
-WITH RECURSIVE tenants AS (
+-- Ties between tenants rotate with $3. Only kinds some live worker of queue $4 knows
+-- (heartbeat within $5 s) are candidates: other kinds wait for such a worker.
+WITH RECURSIVE served AS (
+    SELECT DISTINCT unnest(coalesce(kinds, ARRAY['blog_post', 'product_optimization'])) AS kind
+    FROM bq_workers
+    WHERE queue_name = $4 AND stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $5)
+), tenants AS (
     (SELECT tenant_id FROM bq_jobs WHERE status = 'queued' ORDER BY tenant_id LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id FROM bq_jobs j
@@ -193,7 +198,7 @@ WITH RECURSIVE tenants AS (
     CROSS JOIN LATERAL (
         SELECT j.id, row_number() OVER (ORDER BY j.priority DESC, j.attempt, j.created_at, j.id) AS rn
         FROM bq_jobs j
-        WHERE j.tenant_id = t.tenant_id AND j.status = 'queued'
+        WHERE j.tenant_id = t.tenant_id AND j.status = 'queued' AND j.kind IN (SELECT kind FROM served)
         ORDER BY j.priority DESC, j.attempt, j.created_at, j.id
         LIMIT $1
     ) c
@@ -283,8 +288,17 @@ WITH cur AS (
 SELECT u.id, u.status, u.run_at, (SELECT count(*) FROM wake) AS woke FROM upd u;
 
 -- name: register_worker
-INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch)
-VALUES ($1, $2, $3, $4, $5, $6);
+-- $7: the kinds this worker's app registers (it runs only those).
+INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch, kinds)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: kind_served
+-- Does some live worker know this kind? (NULL kinds: a pre-007 worker, built-in kinds only.)
+SELECT EXISTS (
+    SELECT 1 FROM bq_workers
+    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $2)
+      AND $1 = ANY(coalesce(kinds, ARRAY['blog_post', 'product_optimization']))
+) AS served;
 
 -- name: heartbeat
 UPDATE bq_workers SET heartbeat_at = now(), in_flight = $2, jobs_done = $3, jobs_failed = $4,

@@ -6,18 +6,28 @@ key as a query parameter) nor a header.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from .errors import FatalError, RateLimited, RetryableError
-from .settings import Settings
 
 USER_AGENT = "blogqueue/0.1"
 
 
-def client(settings: Settings, base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=settings.http_timeout_seconds,
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What a source or publisher calling one third-party API is given: its base URL, the
+    platform's credential for it and the timeout (never the whole Settings)."""
+
+    base_url: str
+    credential: str | None = field(default=None, repr=False)
+    timeout_seconds: float = 30.0
+
+
+def client(timeout_seconds: float, base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_seconds,
                              headers={"User-Agent": USER_AGENT, **(headers or {})})
 
 

@@ -1,27 +1,24 @@
 """Which model and which API key a job's provider calls use (DESIGN §5).
 
 Model: the job's model, then the user's preferred model, then DEFAULT_MODEL.
-Key: the user's stored key for that provider, then the platform key from
-settings, then a fatal `missing_api_key`. The offline provider needs no key.
+Key: the user's stored key for that provider, then the platform key the app
+registered for it (`App.provider(..., platform_key=...)`), then a fatal
+`missing_api_key`. A provider registered with `needs_key=False` (offline) needs no key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import aisettings, providers, secrets
+from . import aisettings, secrets
 from .errors import FatalError
 from .settings import Settings
 
-PLATFORM_KEYS = {
-    "openai": "openai_api_key",
-    "anthropic": "anthropic_api_key",
-    "gemini": "gemini_api_key",
-    "replicate": "replicate_api_token",
-}
+if TYPE_CHECKING:
+    from .app import App
 
 
 @dataclass(frozen=True)
@@ -35,15 +32,15 @@ class Resolved:
         return f"{self.provider}:{self.model}"
 
 
-async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool) -> Resolved:
+async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool, app: App) -> Resolved:
     preferred, stored = await aisettings.stored(pool, job["tenant_id"], job.get("user_id"))
     model = job.get("model") or preferred or settings.default_model
     try:
-        providers.validate_model(model)
+        provider, name = app.validate_model(model)
     except ValueError as exc:
         raise FatalError(f"model cannot be used: {exc}", code="invalid_model") from None
-    provider, name = providers.split_model(model)
-    if provider == "offline":
+    entry = app.providers[provider]
+    if not entry.needs_key:
         return Resolved(provider, name)
     if provider in stored:
         who = aisettings.owner(job["tenant_id"], job.get("user_id"), provider)
@@ -52,7 +49,7 @@ async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool) -
         except (secrets.DecryptError, secrets.SecretKeyMissing):
             raise FatalError(f"your stored {provider} key cannot be read on this server (its SECRET_KEY "
                              f"changed): store the key again in your AI settings", code="bad_api_key") from None
-    key = getattr(settings, PLATFORM_KEYS.get(provider, ""), None)
+    key = entry.platform_key_for(settings)
     if not key:
         raise FatalError(f"no API key for {provider}: add one in your AI settings or ask the operator "
                          f"to configure the platform key", code="missing_api_key")

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PREFIX = "BLOGQUEUE_"
-
-
-DEFAULT_CREDIT_COSTS = {"blog_post": 25, "product_optimization": 5}
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class SettingsError(ValueError):
@@ -57,6 +56,8 @@ class Settings:
     max_tenant_backlog: int = 10_000
     rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
 
+    # Which of the app's publishers this deployment uses; checked against the app at start
+    # (blogqueue.App.check), since an app may register its own.
     publisher: str = "none"
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
@@ -88,7 +89,11 @@ class Settings:
     tmdb_api_key: str | None = field(default=None, repr=False)
     http_timeout_seconds: float = 30.0
     credits_enabled: bool = False
-    credit_costs: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_CREDIT_COSTS))
+    # Overrides of the kinds' registered costs (blog_post 25, product_optimization 5); kinds
+    # not named keep theirs. Names are checked against the app at start (App.check).
+    credit_costs: Mapping[str, int] = field(default_factory=dict)
+    # The user's app, MODULE:ATTR (blogqueue.app.load); None runs the built-in App().
+    app: str | None = None
 
     # Providers, AI settings and the shared rate limiter (issue 5; docs/providers.md).
     provider_timeout_seconds: float = 60.0
@@ -120,8 +125,8 @@ class Settings:
             ("RETRY_JITTER", 0 <= self.retry_jitter < 1, "must be in [0, 1)"),
             ("DISPATCH_PREFETCH", self.dispatch_prefetch >= 0, "must not be negative"),
             ("DB_POOL_SIZE", self.db_pool_size >= 2, "must be at least 2"),
-            ("PUBLISHER", self.publisher in ("none", "webhook", "wix"),
-             "must be one of none, webhook, wix"),
+            ("PUBLISHER", bool(NAME.match(self.publisher)), "must be a publisher name such as none, webhook or wix"),
+            ("APP", self.app is None or bool(APP_SPEC.match(self.app)), "must look like MODULE:ATTR"),
             ("QUEUE_NAME", bool(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.queue_name)),
              "must be 1-64 characters of letters, digits, _ . : -"),
             ("DEFAULT_MODEL", ":" in self.default_model, "must look like provider:model"),
@@ -249,12 +254,12 @@ def parse_bool(raw: str) -> bool:
 
 
 def parse_credit_costs(raw: str) -> dict[str, int]:
-    """`blog_post=25,product_optimization=5`; kinds not named keep their default cost."""
-    costs = dict(DEFAULT_CREDIT_COSTS)
+    """`blog_post=25,product_optimization=5`; kinds not named keep the cost their kind registered."""
+    costs: dict[str, int] = {}
     for item in filter(None, (i.strip() for i in raw.split(","))):
         kind, eq, num = item.partition("=")
-        if not eq or kind.strip() not in DEFAULT_CREDIT_COSTS:
-            raise ValueError(f"expected kind=N with kind one of {', '.join(DEFAULT_CREDIT_COSTS)}, got {item!r}")
+        if not eq or not NAME.match(kind.strip()):
+            raise ValueError(f"expected kind=N (a kind name, e.g. blog_post=25), got {item!r}")
         n = int(num)
         if n < 0:
             raise ValueError(f"cost must not be negative, got {n}")

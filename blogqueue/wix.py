@@ -19,18 +19,26 @@ from .settings import Settings
 SERVICE = "Wix"
 
 
-def _client(settings: Settings, site_id: str, idempotency_key: str | None = None) -> httpx.AsyncClient:
-    if not settings.wix_api_token:
+WixConfig = remote.ServiceConfig
+
+
+def config(settings: Settings) -> WixConfig:
+    """What the Wix source and publisher are given: WIX_BASE_URL, WIX_API_TOKEN, the timeout."""
+    return WixConfig(settings.wix_base_url, settings.wix_api_token, settings.http_timeout_seconds)
+
+
+def _client(config: WixConfig, site_id: str, idempotency_key: str | None = None) -> httpx.AsyncClient:
+    if not config.credential:
         raise FatalError("Wix is not configured: set BLOGQUEUE_WIX_API_TOKEN", code="missing_api_key")
-    headers = {"Authorization": settings.wix_api_token, "wix-site-id": site_id}
+    headers = {"Authorization": config.credential, "wix-site-id": site_id}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    return remote.client(settings, settings.wix_base_url, headers)
+    return remote.client(config.timeout_seconds, config.base_url, headers)
 
 
-async def get_product(settings: Settings, site_id: str, product_id: str) -> dict[str, Any]:
+async def get_product(config: WixConfig, site_id: str, product_id: str) -> dict[str, Any]:
     """Wix Stores (Catalog V1) `GET /stores/v1/products/{id}`, mapped to blogqueue's product fields."""
-    async with _client(settings, site_id) as http:
+    async with _client(config, site_id) as http:
         resp = await remote.send(http, SERVICE, "GET", f"/stores/v1/products/{product_id}")
         remote.check(resp, SERVICE, not_found=f"Wix product {product_id!r} does not exist in store {site_id!r}")
         product = resp.json().get("product") or {}
@@ -46,7 +54,7 @@ async def get_product(settings: Settings, site_id: str, product_id: str) -> dict
     return out
 
 
-async def update_product(settings: Settings, site_id: str, product_id: str, rewrite: dict[str, Any],
+async def update_product(config: WixConfig, site_id: str, product_id: str, rewrite: dict[str, Any],
                          idempotency_key: str) -> dict[str, Any]:
     """`PATCH /stores/v1/products/{id}`: name, description and SEO tags. Setting a value twice is harmless."""
     body = {"product": {
@@ -58,20 +66,20 @@ async def update_product(settings: Settings, site_id: str, product_id: str, rewr
              "custom": False, "disabled": False},
         ]},
     }}
-    async with _client(settings, site_id, idempotency_key) as http:
+    async with _client(config, site_id, idempotency_key) as http:
         resp = await remote.send(http, SERVICE, "PATCH", f"/stores/v1/products/{product_id}", json=body)
         remote.check(resp, SERVICE, not_found=f"Wix product {product_id!r} no longer exists in store {site_id!r}")
     return {"publisher": "wix", "product_id": product_id, "site_id": site_id}
 
 
-async def create_draft_post(settings: Settings, site_id: str, post: dict[str, Any],
+async def create_draft_post(config: WixConfig, site_id: str, post: dict[str, Any],
                             idempotency_key: str) -> dict[str, Any]:
     """Wix Blog `POST /blog/v3/draft-posts`: an unpublished draft the store owner reviews."""
     body = {"draftPost": {"title": post["title"][:200], "richContent": _ricos(post["body"]),
                           **({"media": {"wixMedia": {"image": {"url": post["image_url"]}}, "displayed": True}}
                              if post.get("image_url", "") and post["image_url"].startswith("http") else {})},
             "publish": False}
-    async with _client(settings, site_id, idempotency_key) as http:
+    async with _client(config, site_id, idempotency_key) as http:
         resp = await remote.send(http, SERVICE, "POST", "/blog/v3/draft-posts", json=body)
         remote.check(resp, SERVICE)
         draft = resp.json().get("draftPost") or {}

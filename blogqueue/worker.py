@@ -1,6 +1,9 @@
 """The arq worker: claims attempts, runs pipelines, heartbeats, hosts a dispatcher.
 
-Run it with `blogqueue worker` or `arq blogqueue.worker.WorkerSettings`.
+Run it with `blogqueue worker [--app MODULE:ATTR]` or `arq blogqueue.worker.WorkerSettings`
+(which reads `BLOGQUEUE_APP`). A worker runs the kinds of its app (blogqueue.App) and
+records them in `bq_workers.kinds`, so the dispatcher hands out only kinds a live
+worker knows.
 
 arq settings chosen on purpose (DESIGN §9):
 - `max_jobs` = WORKER_CONCURRENCY; the dispatcher never puts more in arq's
@@ -33,11 +36,12 @@ import asyncpg
 from arq.worker import func
 
 from . import db
+from .app import App, load
 from .db import Q
 from .dispatcher import TASK_NAME, Dispatcher
 from .errors import FatalError, JobError, RateLimited
 from .pipeline import Run, StaleAttempt, StopRequested, run_pipeline
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 log = logging.getLogger("blogqueue.worker")
 
@@ -52,8 +56,9 @@ def redact(text: str) -> str:
 class WorkerRuntime:
     """Everything one worker process holds: the pool, its running attempts, counters."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, dispatcher: Dispatcher, app: App) -> None:
         self.settings = settings
+        self.app = app
         self.pool = pool
         self.dispatcher = dispatcher
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -70,7 +75,7 @@ class WorkerRuntime:
     async def start(self) -> None:
         s = self.settings
         await self.pool.execute(Q["register_worker"], self.worker_id, s.queue_name, socket.gethostname(),
-                                os.getpid(), s.worker_concurrency, s.dispatch_prefetch)
+                                os.getpid(), s.worker_concurrency, s.dispatch_prefetch, list(self.app.kinds))
         await self._listen()
         self._tasks = [asyncio.create_task(self._heartbeats(), name="blogqueue-heartbeat"),
                        asyncio.create_task(self.dispatcher.run(), name="blogqueue-dispatcher")]
@@ -149,7 +154,12 @@ class WorkerRuntime:
         if row is None:
             return "stale"  # lapsed, duplicate, stopped or already run: invariant 2
         job = dict(row)
-        run = Run(job=job, settings=s, pool=self.pool, outputs=dict(job.pop("stages")))
+        if job["kind"] not in self.app.kinds:
+            # Another worker's app knows this kind (the dispatcher saw it live): hand the attempt
+            # back unpaid, without a failure, for a worker that knows it.
+            return await self._finish(job, "queued", event="released",
+                                      detail={"reason": f"this worker does not know the kind {job['kind']!r}"})
+        run = Run(job, app=self.app, settings=s, pool=self.pool, outputs=dict(job.pop("stages")))
         task = asyncio.create_task(run_pipeline(run, lambda: job_id in self.stop_requested))
         self.running[job_id] = task
         try:
@@ -249,8 +259,10 @@ async def _startup(ctx: dict[str, Any]) -> None:
         from .logconfig import configure
 
         configure(settings)
+    app: App = ctx.get("app") or load(settings.app)
+    app.check(settings)
     pool = await db.create_pool(settings, max_size=max(settings.db_pool_size, settings.worker_concurrency // 2 + 4))
-    runtime = WorkerRuntime(settings, pool, Dispatcher(settings, pool, ctx["redis"]))
+    runtime = WorkerRuntime(settings, pool, Dispatcher(settings, pool, ctx["redis"]), app)
     ctx["blogqueue"] = runtime
     await runtime.start()
 
@@ -263,7 +275,7 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
 
 
 def worker_settings(settings: Settings, **ctx: Any) -> dict[str, Any]:
-    """The keyword arguments of arq's Worker for these settings."""
+    """The keyword arguments of arq's Worker for these settings (`app=` in ctx: the App it runs)."""
     from arq.connections import RedisSettings
 
     return {
@@ -286,7 +298,7 @@ def worker_settings(settings: Settings, **ctx: Any) -> dict[str, Any]:
     }
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, app: App | None = None) -> None:
     """Runs a worker in the foreground until SIGINT or SIGTERM, through Redis outages.
 
     arq's poll loop ends the worker when Redis goes away. Work is safe in
@@ -299,11 +311,12 @@ def run(settings: Settings) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    app = app or load(settings.app)
     backoff = 1.0
     while True:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        kwargs = worker_settings(settings)
+        kwargs = worker_settings(settings, app=app)
         started = time.monotonic()
         try:
             run_worker(kwargs)  # type: ignore[arg-type]
@@ -324,5 +337,11 @@ def __getattr__(name: str) -> Any:
     # `arq blogqueue.worker.WorkerSettings` reads this: settings come from the
     # environment only when arq asks, never at import.
     if name == "WorkerSettings":
-        return worker_settings(Settings.from_env(), configure_logging=True)
+        settings = Settings.from_env()
+        try:
+            app = load(settings.app)
+            app.check(settings)
+        except SettingsError as exc:
+            raise SystemExit(f"blogqueue worker: {exc}") from None
+        return worker_settings(settings, configure_logging=True, app=app)
     raise AttributeError(name)

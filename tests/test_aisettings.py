@@ -7,10 +7,12 @@ import json
 import pytest
 
 from blogqueue import aisettings, secrets
+from blogqueue.app import App
 from blogqueue.errors import FatalError, InvalidInput, Unavailable
 from blogqueue.resolve import resolve
 
 KEY = "sk-proj-USERSECRET-0123456789abcd"
+APP = App()
 
 
 @pytest.fixture
@@ -79,22 +81,22 @@ def _job(tenant, user, model=None):
 async def test_resolution_order(ai, pool):
     s = ai.settings.replace(openai_api_key="sk-platform-0000000000", default_model="offline:template")
     # nothing stored: default model, then platform key
-    r = await resolve(_job("shop-r", "u1"), s, pool)
+    r = await resolve(_job("shop-r", "u1"), s, pool, APP)
     assert r.full_model == "offline:template"
-    r = await resolve(_job("shop-r", "u1", "openai:gpt-4o"), s, pool)
+    r = await resolve(_job("shop-r", "u1", "openai:gpt-4o"), s, pool, APP)
     assert r.api_key == "sk-platform-0000000000"
     # the user's preferred model beats the default; the job's model beats both
     await ai.put_ai_settings("shop-r", "u1", {"model": "openai:gpt-4o-mini", "keys": {"openai": KEY}})
-    r = await resolve(_job("shop-r", "u1"), s, pool)
+    r = await resolve(_job("shop-r", "u1"), s, pool, APP)
     assert (r.full_model, r.api_key) == ("openai:gpt-4o-mini", KEY)
-    r = await resolve(_job("shop-r", "u1", "offline:template"), s, pool)
+    r = await resolve(_job("shop-r", "u1", "offline:template"), s, pool, APP)
     assert r.full_model == "offline:template"
     # the user's stored key for another provider is not used; no platform key -> missing_api_key
     with pytest.raises(FatalError) as info:
-        await resolve(_job("shop-r", "u1", "anthropic:claude-3-5-haiku-latest"), s, pool)
+        await resolve(_job("shop-r", "u1", "anthropic:claude-3-5-haiku-latest"), s, pool, APP)
     assert info.value.code == "missing_api_key"
     # a tenant-level setting (no user) is separate from the user's
-    r = await resolve(_job("shop-r", None), s, pool)
+    r = await resolve(_job("shop-r", None), s, pool, APP)
     assert r.full_model == "offline:template"
 
 
@@ -102,13 +104,13 @@ async def test_rotation_with_previous_secret(ai, pool):
     await ai.put_ai_settings("shop-k", "u1", {"keys": {"openai": KEY}})
     rotated = ai.settings.replace(secret_key="test-secret-key-two", secret_key_previous="test-secret-key-one")
     # before rotating, reads fall back to the previous secret
-    assert (await resolve(_job("shop-k", "u1", "openai:gpt-4o"), rotated, pool)).api_key == KEY
+    assert (await resolve(_job("shop-k", "u1", "openai:gpt-4o"), rotated, pool, APP)).api_key == KEY
     assert await aisettings.rotate(pool, rotated) == {"rotated": 1, "current": 0, "unreadable": 0}
     only_new = rotated.replace(secret_key_previous=None)
-    assert (await resolve(_job("shop-k", "u1", "openai:gpt-4o"), only_new, pool)).api_key == KEY
+    assert (await resolve(_job("shop-k", "u1", "openai:gpt-4o"), only_new, pool, APP)).api_key == KEY
     # a server with a different secret cannot read it: fatal, with advice, without the key
     with pytest.raises(FatalError) as info:
-        await resolve(_job("shop-k", "u1", "openai:gpt-4o"), ai.settings.replace(secret_key="other"), pool)
+        await resolve(_job("shop-k", "u1", "openai:gpt-4o"), ai.settings.replace(secret_key="other"), pool, APP)
     assert info.value.code == "bad_api_key" and KEY not in info.value.message
 
 

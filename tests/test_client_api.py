@@ -9,7 +9,7 @@ from typing import get_args
 import pytest
 
 import blogqueue
-from blogqueue import Batch, Client, Enqueued, Job, JobPage, Settings, Stopped
+from blogqueue import Batch, Client, Enqueued, Job, JobDetail, JobPage, Settings, Stopped
 from blogqueue.jobs import PUBLIC_STATUSES
 from blogqueue.models import PublicStatus
 
@@ -36,10 +36,11 @@ async def test_connect_still_works_but_warns(settings: Settings) -> None:
 async def test_results_are_typed_and_frozen(client: Client) -> None:
     out = await client.enqueue("shop-t", [kw("a"), kw("b")])
     job = await client.get_job(out.jobs[0].id, "shop-t")
-    assert isinstance(job, Job) and isinstance(job.created_at, datetime) and job.created_at.tzinfo
-    assert job.events is not None and job.events[0].event == "enqueued" and job.stages == {}
+    assert isinstance(job, JobDetail) and isinstance(job.created_at, datetime) and job.created_at.tzinfo
+    assert job.events[0].event == "enqueued" and job.stages == {}
+    assert job.wait_reason and "no live worker" in job.wait_reason  # no worker runs in this test
     page = await client.list_jobs("shop-t", limit=1)
-    assert isinstance(page, JobPage) and page.jobs[0].events is None and page.next_cursor
+    assert isinstance(page, JobPage) and type(page.jobs[0]) is Job and page.next_cursor
     batch = await client.get_batch(out.batch_id, "shop-t")
     assert isinstance(batch, Batch) and batch.total == 2 and batch.counts["queued"] == 2
     stopped = await client.stop_batch(out.batch_id, "shop-t")
@@ -54,7 +55,7 @@ async def test_json_is_the_contract_shape(client: Client) -> None:
     assert set(json.loads(out.model_dump_json())) == {"batch_id", "jobs", "estimated_wait_s"}
     one = json.loads((await client.get_job(out.jobs[0].id)).model_dump_json())
     listed = json.loads((await client.list_jobs("shop-j")).model_dump_json())["jobs"][0]
-    assert set(one) - set(listed) == {"events", "stages"}
+    assert set(one) - set(listed) == {"wait_reason", "events", "stages"}
     assert one["created_at"] == datetime.fromisoformat(one["created_at"]).isoformat()  # isoformat, not "Z"
     assert "detail" not in one["events"][0]  # an event without detail has no key
     stop = json.loads((await client.stop_tenant("shop-j")).model_dump_json())
@@ -62,6 +63,6 @@ async def test_json_is_the_contract_shape(client: Client) -> None:
 
 
 def test_public_names_and_statuses() -> None:
-    for name in ("Client", "JobSpec", "Job", "Enqueued", "JobPage", "Batch", "Stopped"):
+    for name in ("Client", "JobSpec", "Job", "JobDetail", "Enqueued", "JobPage", "Batch", "Stopped"):
         assert name in blogqueue.__all__ and hasattr(blogqueue, name)
     assert get_args(PublicStatus) == PUBLIC_STATUSES

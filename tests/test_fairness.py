@@ -57,7 +57,11 @@ async def test_a_tenant_alone_uses_the_whole_capacity(client, workers, pool):
 
 
 async def _pick(pool, settings, capacity, cap=CAP):
-    rows = await pool.fetch(Q["fair_candidates"], capacity, cap, "salt")
+    # Candidates are only kinds a live worker of the queue knows: one that knows the built-ins.
+    await pool.execute("INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch, kinds) "
+                       "VALUES ('picker', $1, 'h', 1, 1, 0, $2) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+                       settings.queue_name, ["blog_post", "product_optimization"])
+    rows = await pool.fetch(Q["fair_candidates"], capacity, cap, "salt", settings.queue_name, 30.0)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["tenant_id"]] = counts.get(r["tenant_id"], 0) + 1
@@ -99,7 +103,7 @@ async def test_two_dispatchers_never_dispatch_an_attempt_twice(client, pool, set
 
     from blogqueue.dispatcher import Dispatcher
 
-    await pool.execute(Q["register_worker"], "fake", settings.queue_name, "h", 1, 400, 0)
+    await pool.execute(Q["register_worker"], "fake", settings.queue_name, "h", 1, 400, 0, ["blog_post"])
     await client.enqueue("a", keyword_jobs(300))
     await client.enqueue("b", keyword_jobs(100))
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))

@@ -10,14 +10,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 from jsonschema import Draft202012Validator
+from pydantic import Field
 
-from blogqueue.jobs import KINDS
-from blogqueue.service.app import ROUTES
+from blogqueue import App, SourceFields
+from blogqueue.service.app import ROUTES, create_app
 from blogqueue.settings import Settings
-from blogqueue.sources import REGISTRY
 from tests.conftest import _free_port, wait_until
 from tests.http_fixtures import Api, TokenFactory, keyword
 from tests.openapi_contract import DOCUMENT, check
@@ -83,11 +84,47 @@ async def test_every_operation_answers_per_the_document(api: Api, make_token: To
 
 
 def test_document_lists_every_kind_and_source_type_the_server_accepts() -> None:
+    app = App()
     schemas = DOCUMENT["components"]["schemas"]
-    assert schemas["JobInput"]["properties"]["kind"]["enum"] == list(KINDS)
-    listed = {schemas[r["$ref"].rsplit("/", 1)[1]]["properties"]["type"]["const"]
-              for r in schemas["Source"]["oneOf"]}
-    assert listed == set(REGISTRY)
+    assert schemas["JobInput"]["properties"]["kind"]["enum"] == list(app.kinds) == ["blog_post", "product_optimization"]
+    listed = {r["$ref"].rsplit("/", 1)[1]: schemas[r["$ref"].rsplit("/", 1)[1]] for r in schemas["Source"]["oneOf"]}
+    assert {s["properties"]["type"]["const"] for s in listed.values()} == set(app.sources) == {"keyword", "product",
+                                                                                                "tmdb"}
+    # The fields the server accepts, from the sources' own models (the hand-written document lacked these).
+    assert "product_id" in listed["ProductSource"]["properties"]
+    assert {"list", "media", "min_rating"} <= set(listed["TmdbSource"]["properties"])
+    assert all(s["additionalProperties"] is False for s in listed.values())
+
+
+class TopicFields(SourceFields):
+    topic: str = Field(min_length=1, max_length=80)
+    audience: Literal["kids", "adults"] = "adults"
+
+
+async def _fetch(source: dict[str, Any], config: Any, tenant_id: str) -> dict[str, Any]:
+    return {"topic": source["topic"]}
+
+
+async def _outline(run: Any) -> dict[str, Any]:
+    return {"text": "outline"}
+
+
+async def test_an_apps_own_kind_and_source_are_in_the_document_it_serves(settings: Settings) -> None:
+    """DESIGN §10: the service lists the loaded app's kinds and sources in /openapi.json."""
+    app = App()
+    app.kind("faq", [("outline", _outline)], sources=["keyword"])
+    app.source("topic", _fetch, fields=TopicFields, kinds=["faq"])
+    service = create_app(settings, app)
+    async with service.router.lifespan_context(service), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service), base_url="http://bq.test") as http:
+        doc = (await http.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    assert "faq" in schemas["JobInput"]["properties"]["kind"]["enum"]
+    topic = schemas["TopicSource"]
+    assert topic["properties"]["type"] == {"const": "topic"} and topic["required"][0] == "type"
+    assert topic["properties"]["topic"]["maxLength"] == 80 and topic["additionalProperties"] is False
+    assert "faq: keyword, topic" in schemas["Source"]["description"]
+    assert doc != DOCUMENT  # the built-in document has neither
 
 
 # -- schemathesis against a running service --------------------------------------------------------

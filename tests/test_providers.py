@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from blogqueue import providers
+from blogqueue.app import App
 from blogqueue.errors import FatalError, RateLimited, RetryableError
 from blogqueue.providers import CallContext, ImageRequest, TextRequest
 from blogqueue.settings import Settings
@@ -44,7 +44,7 @@ def case(request: pytest.FixtureRequest) -> Any:
     c: Case = request.param
     fake = c.fake(retry_after_s=2.0, hang_s=3.0).start()
     settings = Settings(provider_timeout_seconds=1.0, **{c.url_field: fake.base_url})
-    yield c, fake, providers.build(c.provider, settings)
+    yield c, fake, App().build_provider(c.provider, settings)
     fake.stop()
 
 
@@ -121,19 +121,19 @@ async def test_missing_key_is_fatal(case: Any) -> None:
                                    "gemini:gemini-2.0-flash", "replicate:black-forest-labs/flux-schnell",
                                    "openai:dall-e-3", "offline:template"])
 def test_known_models_validate(model: str) -> None:
-    providers.validate_model(model)
+    App().validate_model(model)
 
 
 @pytest.mark.parametrize("model", ["openai:llama-3", "mystery:model", "anthropic:gpt-4o", "gemini:claude",
                                    "replicate:no-slash", "openai:", "gpt-4o"])
 def test_unknown_models_are_refused(model: str) -> None:
     with pytest.raises(ValueError):
-        providers.validate_model(model)
+        App().validate_model(model)
 
 
 async def test_sdk_clients_are_cached_per_key() -> None:
     with FakeOpenAI() as fake:
-        adapter = providers.build("openai", Settings(openai_base_url=fake.base_url))
+        adapter = App().build_provider("openai", Settings(openai_base_url=fake.base_url))
         await adapter.generate_text(TextRequest(model="gpt-4o-mini", prompt="a"), KEY, CTX)
         await adapter.generate_text(TextRequest(model="gpt-4o-mini", prompt="b"), KEY, CTX)
         await adapter.generate_text(TextRequest(model="gpt-4o-mini", prompt="c"), "sk-other-key-000000", CTX)

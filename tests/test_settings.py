@@ -17,7 +17,7 @@ def test_defaults_run_on_a_laptop():
     ("BLOGQUEUE_RATE_LIMITS", "openai:rpm=fast"),
     ("BLOGQUEUE_RATE_LIMITS", "openai:qps=3"),
     ("BLOGQUEUE_DATABASE_URL", "mysql://x"),
-    ("BLOGQUEUE_PUBLISHER", "ftp"),
+    ("BLOGQUEUE_PUBLISHER", "ftp server"),  # an unknown name is refused at start: App.check
     ("BLOGQUEUE_QUEUE_NAME", "has space"),
 ])
 def test_bad_values_name_the_variable(var, value):

@@ -16,9 +16,8 @@ import anthropic
 from anthropic import AsyncAnthropic
 
 from ..errors import FatalError, JobError
-from ..settings import Settings
 from . import common
-from .base import CallContext, ImageRequest, ImageResult, RateInfo, TextRequest, TextResult
+from .base import CallContext, ImageRequest, ImageResult, ProviderConfig, RateInfo, TextRequest, TextResult
 
 NAME = "anthropic"
 MODELS = re.compile(r"^claude-[a-z0-9.-]{1,100}$")
@@ -51,10 +50,10 @@ def _rate_info(headers: Mapping[str, str]) -> RateInfo | None:
 class AnthropicProvider:
     name = NAME
 
-    def __init__(self, settings: Settings) -> None:
-        self.timeout = settings.provider_timeout_seconds
+    def __init__(self, config: ProviderConfig) -> None:
+        self.timeout = config.timeout_seconds
         self.clients: common.ClientCache[AsyncAnthropic] = common.ClientCache(
-            lambda key: AsyncAnthropic(api_key=key, base_url=settings.anthropic_base_url, timeout=self.timeout,
+            lambda key: AsyncAnthropic(api_key=key, base_url=config.base_url, timeout=self.timeout,
                                        max_retries=0))
 
     async def generate_text(self, request: TextRequest, api_key: str | None, ctx: CallContext) -> TextResult:

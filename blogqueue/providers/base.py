@@ -7,6 +7,15 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class ProviderConfig:
+    """What a built-in network provider adapter is given: its base URL and call timeout (no keys:
+    a key comes with each call, resolved per job)."""
+
+    base_url: str | None = None
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class CallContext:
     """Who a provider call is for: passed along so adapters can log and fakes can count."""
 

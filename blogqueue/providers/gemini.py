@@ -16,9 +16,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from ..errors import FatalError, JobError, RateLimited
-from ..settings import Settings
 from . import common
-from .base import CallContext, ImageRequest, ImageResult, TextRequest, TextResult
+from .base import CallContext, ImageRequest, ImageResult, ProviderConfig, TextRequest, TextResult
 
 NAME = "gemini"
 MODELS = re.compile(r"^gemini-[a-z0-9.-]{1,100}$")
@@ -32,9 +31,9 @@ def validate(model: str) -> None:
 class GeminiProvider:
     name = NAME
 
-    def __init__(self, settings: Settings) -> None:
-        self.timeout = settings.provider_timeout_seconds
-        options = types.HttpOptions(base_url=settings.gemini_base_url, timeout=int(self.timeout * 1000),
+    def __init__(self, config: ProviderConfig) -> None:
+        self.timeout = config.timeout_seconds
+        options = types.HttpOptions(base_url=config.base_url, timeout=int(self.timeout * 1000),
                                     retry_options=types.HttpRetryOptions(attempts=1))
         self.clients: common.ClientCache[genai.Client] = common.ClientCache(
             lambda key: genai.Client(api_key=key, http_options=options))

@@ -24,9 +24,9 @@ import json
 import os
 import random
 import re
+from dataclasses import dataclass
 
 from ..errors import FatalError, RateLimited, RetryableError
-from ..settings import Settings
 from .base import CallContext, ImageRequest, ImageResult, TextRequest, TextResult
 
 MODELS = re.compile(r"^(template|refuse|slow-\d{1,6}|flaky-\d{1,2}|ratelimit-\d{1,2})$")
@@ -41,12 +41,20 @@ def validate(model: str) -> None:
                          f"got {model!r}")
 
 
+@dataclass(frozen=True)
+class OfflineConfig:
+    """OFFLINE_LATENCY_MS and OFFLINE_CALL_LOG: all the offline provider is given."""
+
+    latency_ms: float = 0.0
+    call_log: str | None = None
+
+
 class OfflineProvider:
     name = "offline"
 
-    def __init__(self, settings: Settings) -> None:
-        self.latency_s = settings.offline_latency_ms / 1000
-        self.call_log = settings.offline_call_log
+    def __init__(self, config: OfflineConfig) -> None:
+        self.latency_s = config.latency_ms / 1000
+        self.call_log = config.call_log
 
     async def _behave(self, model: str, ctx: CallContext, what: str) -> None:
         self._log(ctx, what, model)

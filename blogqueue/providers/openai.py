@@ -15,9 +15,8 @@ import openai
 from openai import AsyncOpenAI
 
 from ..errors import JobError
-from ..settings import Settings
 from . import common
-from .base import CallContext, ImageRequest, ImageResult, TextRequest, TextResult
+from .base import CallContext, ImageRequest, ImageResult, ProviderConfig, TextRequest, TextResult
 
 NAME = "openai"
 MODELS = re.compile(r"^(gpt-|o\d|chatgpt-|dall-e-|gpt-image-|ft:)[A-Za-z0-9._:-]{0,120}$")
@@ -33,10 +32,10 @@ def validate(model: str) -> None:
 class OpenAIProvider:
     name = NAME
 
-    def __init__(self, settings: Settings) -> None:
-        self.timeout = settings.provider_timeout_seconds
+    def __init__(self, config: ProviderConfig) -> None:
+        self.timeout = config.timeout_seconds
         self.clients: common.ClientCache[AsyncOpenAI] = common.ClientCache(
-            lambda key: AsyncOpenAI(api_key=key, base_url=settings.openai_base_url, timeout=self.timeout,
+            lambda key: AsyncOpenAI(api_key=key, base_url=config.base_url, timeout=self.timeout,
                                     max_retries=0))
 
     async def generate_text(self, request: TextRequest, api_key: str | None, ctx: CallContext) -> TextResult:

@@ -18,9 +18,8 @@ import replicate
 from replicate.exceptions import ModelError, ReplicateError
 
 from ..errors import FatalError, JobError, RetryableError
-from ..settings import Settings
 from . import common
-from .base import CallContext, ImageRequest, ImageResult, TextRequest, TextResult
+from .base import CallContext, ImageRequest, ImageResult, ProviderConfig, TextRequest, TextResult
 
 NAME = "replicate"
 MODELS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}/[a-z0-9][a-z0-9_.-]{0,99}(:[0-9a-f]{64})?$")
@@ -36,11 +35,11 @@ def validate(model: str) -> None:
 class ReplicateProvider:
     name = NAME
 
-    def __init__(self, settings: Settings) -> None:
-        self.timeout = settings.provider_timeout_seconds
+    def __init__(self, config: ProviderConfig) -> None:
+        self.timeout = config.timeout_seconds
         t = httpx.Timeout(min(5.0, self.timeout), read=self.timeout)
         self.clients: common.ClientCache[replicate.Client] = common.ClientCache(
-            lambda key: replicate.Client(api_token=key, base_url=settings.replicate_base_url, timeout=t))
+            lambda key: replicate.Client(api_token=key, base_url=config.base_url, timeout=t))
 
     async def generate_text(self, request: TextRequest, api_key: str | None, ctx: CallContext) -> TextResult:
         raise FatalError("Replicate is used for images here; choose an openai, anthropic or gemini model for "

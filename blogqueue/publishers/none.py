@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import Settings
-
 
 async def publish(job: dict[str, Any], post: dict[str, Any], source: dict[str, Any],
-                  settings: Settings) -> dict[str, Any]:
+                  config: None) -> dict[str, Any]:
     return {"publisher": "none", "kept": True}
 
 
 async def write_back(job: dict[str, Any], rewrite: dict[str, Any], product: dict[str, Any],
-                     settings: Settings) -> dict[str, Any]:
+                     config: None) -> dict[str, Any]:
     return {"publisher": "none", "kept": True}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import remote
@@ -22,6 +23,19 @@ SERVICE = "webhook"
 SIGNATURE_HEADER = "X-Blogqueue-Signature"
 
 
+@dataclass(frozen=True)
+class WebhookConfig:
+    """What the webhook publisher is given: WEBHOOK_URL, WEBHOOK_SECRET and the HTTP timeout."""
+
+    url: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    timeout_seconds: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookConfig:
+        return cls(settings.webhook_url, settings.webhook_secret, settings.http_timeout_seconds)
+
+
 def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -30,8 +44,8 @@ def verify(body: bytes, secret: str, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(sign(body, secret), header)
 
 
-async def _deliver(job: dict[str, Any], payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    if not settings.webhook_url or not settings.webhook_secret:
+async def _deliver(job: dict[str, Any], payload: dict[str, Any], config: WebhookConfig) -> dict[str, Any]:
+    if not config.url or not config.secret:
         raise FatalError("the webhook publisher needs BLOGQUEUE_WEBHOOK_URL and BLOGQUEUE_WEBHOOK_SECRET",
                          code="publisher_not_configured")
     job_id = str(job["id"])
@@ -39,18 +53,18 @@ async def _deliver(job: dict[str, Any], payload: dict[str, Any], settings: Setti
                        "metadata": job["spec"].get("metadata", {}), **payload},
                       separators=(",", ":"), sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "Idempotency-Key": job_id,
-               SIGNATURE_HEADER: sign(body, settings.webhook_secret)}
-    async with remote.client(settings, "") as http:
-        resp = await remote.send(http, SERVICE, "POST", settings.webhook_url, content=body, headers=headers)
+               SIGNATURE_HEADER: sign(body, config.secret)}
+    async with remote.client(config.timeout_seconds, "") as http:
+        resp = await remote.send(http, SERVICE, "POST", config.url, content=body, headers=headers)
     remote.check(resp, SERVICE)
     return {"publisher": "webhook", "status": resp.status_code, "idempotency_key": job_id}
 
 
 async def publish(job: dict[str, Any], post: dict[str, Any], source: dict[str, Any],
-                  settings: Settings) -> dict[str, Any]:
-    return await _deliver(job, {"post": post}, settings)
+                  config: WebhookConfig) -> dict[str, Any]:
+    return await _deliver(job, {"post": post}, config)
 
 
 async def write_back(job: dict[str, Any], rewrite: dict[str, Any], product: dict[str, Any],
-                     settings: Settings) -> dict[str, Any]:
-    return await _deliver(job, {"product": product.get("product", {}), "rewrite": rewrite}, settings)
+                     config: WebhookConfig) -> dict[str, Any]:
+    return await _deliver(job, {"product": product.get("product", {}), "rewrite": rewrite}, config)

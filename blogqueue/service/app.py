@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from blogqueue.app import App, load
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 
@@ -77,11 +78,15 @@ class AccessLog:
                      tenant=state.get("tenant"))
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, bq_app: App | None = None) -> Starlette:
+    """`bq_app`: the blogqueue App jobs are validated against (default: BLOGQUEUE_APP's, else App())."""
+    bq_app = bq_app if bq_app is not None else load(settings.app)
+    bq_app.check(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # timeout: a connection attempt to a dead PostgreSQL fails fast into a 503.
-        async with Client.open(settings, min_size=0, timeout=5) as client:
+        async with Client.open(settings, bq_app, min_size=0, timeout=5) as client:
             app.state.client = client
             # For the metrics' rate-limit buckets. Connections are made lazily, so the
             # service starts while Redis is down; the timeouts keep a dead Redis from
@@ -95,13 +100,14 @@ def create_app(settings: Settings) -> Starlette:
                 await app.state.redis.aclose()
 
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)
+    app.state.bq_app = bq_app
     app.add_middleware(AccessLog)
     return app
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
+def serve(settings: Settings, *, host: str, port: int, bq_app: App | None = None) -> None:
     import uvicorn
 
     config: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False,
                               "proxy_headers": False, "server_header": False}
-    uvicorn.run(create_app(settings), **config)
+    uvicorn.run(create_app(settings, bq_app), **config)

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from blogqueue import __version__
-from blogqueue.aisettings import KEY_PROVIDERS, MAX_KEY_LENGTH
-from blogqueue.jobs import KINDS, PUBLIC_STATUSES
-from blogqueue.models import Batch, Enqueued, Job, JobPage, Stopped
-from blogqueue.sources import REGISTRY
+from blogqueue.aisettings import MAX_KEY_LENGTH
+from blogqueue.app import App
+from blogqueue.jobs import PUBLIC_STATUSES
+from blogqueue.models import Batch, Enqueued, JobDetail, JobPage, Stopped
 
 from . import schemas
 
@@ -40,24 +40,20 @@ class Registry:
     key_providers: tuple[str, ...]             # providers whose API keys users may store
 
 
-def registry_of(app: Any = None) -> Registry:
-    """The registry the document is generated from: the one place that reads the app.
-
-    Until the App registry lands, the built-in tables: each source type is
-    listed with its `type` only (its fields are checked by the server).
-    """
-    sources = {name: {"type": "object", "title": f"{name} source", "required": ["type"],
-                      "properties": {"type": {"const": name}}, "additionalProperties": True}
-               for name in REGISTRY}
-    kinds = {kind: tuple(n for n, module in REGISTRY.items() if kind in module.KINDS) for kind in KINDS}
-    return Registry(kinds=kinds, sources=sources, key_providers=tuple(KEY_PROVIDERS))
+def registry_of(app: App | None = None) -> Registry:
+    """The registry the document is generated from: the one place that reads the app (the
+    built-in `App()` when None)."""
+    app = app if app is not None else App()
+    return Registry(kinds={name: tuple(kind.sources) for name, kind in app.kinds.items()},
+                    sources={name: source.json_schema() for name, source in app.sources.items()},
+                    key_providers=tuple(app.key_providers))
 
 
 MODELS: list[tuple[type[BaseModel], Mode]] = [
     (schemas.Error, "serialization"),
     (schemas.JobInput, "validation"), (schemas.JobBatchInput, "validation"),
     (schemas.AISettingsInput, "validation"),
-    (Enqueued, "serialization"), (Job, "serialization"), (JobPage, "serialization"),
+    (Enqueued, "serialization"), (JobDetail, "serialization"), (JobPage, "serialization"),
     (Batch, "serialization"), (Stopped, "serialization"),
     (schemas.Credits, "serialization"), (schemas.AISettings, "serialization"),
     (schemas.Metrics, "serialization"), (schemas.Health, "serialization"), (schemas.Ready, "serialization"),
@@ -125,7 +121,7 @@ def _paths() -> dict[str, Any]:
             ]),
         },
         "/v1/jobs/{job_id}": {"get": _op("One job with its events and result", {
-            "200": _json(_ref("Job"), "the job"), "404": _err("unknown or another tenant's job"),
+            "200": _json(_ref("JobDetail"), "the job"), "404": _err("unknown or another tenant's job"),
         }, params=[JOB_ID])},
         "/v1/jobs/{job_id}/stop": {"post": _op("Stop one job", {
             "200": _json(_ref("Stopped"), "stopped (a finished job is left as it is)"),
@@ -224,7 +220,7 @@ def build(reg: Registry) -> dict[str, Any]:
     }
 
 
-def document(app: Any = None) -> dict[str, Any]:
+def document(app: App | None = None) -> dict[str, Any]:
     """The document for `app` (the built-in registry when None)."""
     return build(registry_of(app))
 

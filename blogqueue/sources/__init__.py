@@ -1,40 +1,63 @@
-"""Sources: where a job's subject comes from. One module per source type.
+"""Sources: where a job's subject comes from. One module per built-in source type.
 
-Each module has `validate(source) -> dict` (raises ValueError with a message for
-users, at enqueue) and `async fetch(source, settings, tenant_id) -> dict` (the source
-stage's output, at run time; raises blogqueue.errors.JobError subclasses).
+A source is registered on the app (`blogqueue.App.source`) with:
+
+- `fields`: a pydantic v2 model of the fields a job submits besides `"type"`
+  (subclass `SourceFields`: strict types, unknown fields refused). It validates
+  at enqueue and is the source's schema in the OpenAPI document.
+- `fetch(source, config, tenant_id) -> dict`: the source stage's output, at
+  run time (raises blogqueue.errors.JobError subclasses). `source` is the
+  validated fields plus `"type"`; `config` is what the source registered
+  (built from the process's Settings), never the whole Settings.
+
+The built-in ones are `keyword`, `product` and `tmdb`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
-from ..settings import Settings
-from . import keyword, product, tmdb
-
-
-class Source(Protocol):
-    KINDS: tuple[str, ...]
-
-    def validate(self, source: dict[str, Any]) -> dict[str, Any]: ...
-
-    async def fetch(self, source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]: ...
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
-REGISTRY: dict[str, Source] = {"keyword": keyword, "product": product, "tmdb": tmdb}  # type: ignore[dict-item]
+class SourceFields(BaseModel):
+    """Base model of a source's submitted fields.
+
+    `messages` maps a field name to the words that follow it in an error
+    ("must be a string of at most 50 characters"); fields without one get
+    pydantic's own message.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    messages: ClassVar[dict[str, str]] = {}
 
 
-def validate(kind: str, source: dict[str, Any]) -> dict[str, Any]:
-    name = source.get("type")
-    if not isinstance(name, str) or name not in REGISTRY:  # {"type": {}} is not hashable
-        raise ValueError(f"type must be one of {', '.join(sorted(REGISTRY))}")
-    module = REGISTRY[name]
-    if kind not in module.KINDS:
-        raise ValueError(f"type {name!r} cannot feed a {kind} job")
-    return {"type": name, **module.validate(source)}
+class SourceInvalid(ValueError):
+    """A submitted source does not fit its fields; `field` is the offending field or None."""
+
+    def __init__(self, field: str | None, why: str) -> None:
+        super().__init__(f"{field} {why}" if field else why)
+        self.field = field
+        self.why = why
 
 
-async def fetch(source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]:
-    """The source stage's output; `source` names the type, so prompts can pick their template."""
-    out = await REGISTRY[source["type"]].fetch(source, settings, tenant_id)
-    return {**out, "source": source["type"]}
+def validate_fields(model: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
+    """The validated fields as stored with the job (unset optional fields left out).
+
+    Raises SourceInvalid naming the first offending field.
+    """
+    try:
+        parsed = model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = [str(p) for p in err["loc"]]
+        messages: dict[str, str] = getattr(model, "messages", {})
+        if err["type"] == "extra_forbidden":
+            raise SourceInvalid(None, f"has an unknown field {loc[-1]!r}") from None
+        text = str(err["msg"]).removeprefix("Value error, ")
+        if not loc:
+            raise SourceInvalid(None, text) from None
+        name = loc[0]
+        why = messages.get(name) or (text if err["type"] == "value_error" else f"is invalid: {text}")
+        raise SourceInvalid(name, why) from None
+    return parsed.model_dump(mode="json", exclude_none=True)

@@ -1,32 +1,35 @@
-"""A keyword or topic given by the user."""
+"""A keyword or topic given by the user: `{"type": "keyword", "keyword": "...", "tone": ..., "language": ...}`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from ..settings import Settings
+from pydantic import Field, field_validator
 
-KINDS = ("blog_post",)
-FIELDS = {"type", "keyword", "tone", "language"}
-
-
-def validate(source: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(source) - FIELDS)
-    if unknown:
-        raise ValueError(f"has an unknown field {unknown[0]!r}")
-    kw = source.get("keyword")
-    if not isinstance(kw, str) or not kw.strip() or len(kw) > 300:
-        raise ValueError("keyword must be a non-empty string of at most 300 characters")
-    out: dict[str, Any] = {"keyword": kw.strip()}
-    for name in ("tone", "language"):
-        value = source.get(name)
-        if value is not None:
-            if not isinstance(value, str) or len(value) > 50:
-                raise ValueError(f"{name} must be a string of at most 50 characters")
-            out[name] = value
-    return out
+from . import SourceFields
 
 
-async def fetch(source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]:
+class KeywordFields(SourceFields):
+    """A topic for a blog post, with an optional tone and language."""
+
+    keyword: str = Field(min_length=1, max_length=300, description="the topic, 1-300 characters")
+    tone: str | None = Field(None, max_length=50, description="e.g. friendly (the default)")
+    language: str | None = Field(None, max_length=50, description="e.g. en (the default)")
+
+    messages: ClassVar[dict[str, str]] = {
+        "keyword": "must be a non-empty string of at most 300 characters",
+        "tone": "must be a string of at most 50 characters",
+        "language": "must be a string of at most 50 characters",
+    }
+
+    @field_validator("keyword")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("blank")
+        return value.strip()
+
+
+async def fetch(source: dict[str, Any], config: None, tenant_id: str) -> dict[str, Any]:
     return {"topic": source["keyword"], "tone": source.get("tone", "friendly"),
             "language": source.get("language", "en")}

@@ -1,70 +1,76 @@
 """A product: given inline in the job (`name`, `description`, ...) or read from Wix Stores by `product_id`.
 
 `{"type": "product", "product_id": "...", "store": "<wix site id>"}`: `store`
-defaults to the job's tenant id (a tenant is a Wix store).
+defaults to the job's tenant id (a tenant is a Wix store). An inline product
+needs `name`; a Wix product takes only `product_id` and `store`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
 
 from .. import wix
-from ..settings import Settings
+from ..wix import WixConfig
+from . import SourceFields
 
-KINDS = ("blog_post", "product_optimization")
-TEXT_FIELDS = {"name": 200, "description": 8000, "brand": 200, "category": 200, "price": 50}
-FIELDS = {"type", "attributes", *TEXT_FIELDS}
-WIX_FIELDS = {"type", "product_id", "store"}
+INLINE = ("name", "description", "brand", "category", "price", "attributes")
+# Both end up in a URL path or header: keep them to the characters Wix ids use.
+WIX_ID = r"^[A-Za-z0-9_-]{1,100}$"
 
 
-def validate(source: dict[str, Any]) -> dict[str, Any]:
-    if "product_id" in source:
-        return _validate_wix(source)
-    unknown = sorted(set(source) - FIELDS)
-    if unknown:
-        raise ValueError(f"has an unknown field {unknown[0]!r}")
-    out: dict[str, Any] = {}
-    for name, limit in TEXT_FIELDS.items():
-        value = source.get(name)
+class ProductFields(SourceFields):
+    """An inline product (`name` required) or a Wix Stores product (`product_id`, optional `store`)."""
+
+    name: str | None = Field(None, max_length=200, description="inline product: its name (required)")
+    description: str | None = Field(None, max_length=8000)
+    brand: str | None = Field(None, max_length=200)
+    category: str | None = Field(None, max_length=200)
+    price: str | int | float | None = Field(None, description="text of at most 50 characters, or a number")
+    attributes: dict[str, str | int | float] | None = Field(None, max_length=50)
+    product_id: str | None = Field(None, pattern=WIX_ID, description="a Wix Stores product id")
+    store: str | None = Field(None, pattern=WIX_ID, description="the Wix site id (default: the tenant id)")
+
+    messages: ClassVar[dict[str, str]] = {
+        "name": "must be a string of at most 200 characters",
+        "description": "must be a string of at most 8000 characters",
+        "brand": "must be a string of at most 200 characters",
+        "category": "must be a string of at most 200 characters",
+        "price": "must be a string of at most 50 characters",
+        "attributes": "must be an object of at most 50 text or number values",
+        "product_id": "must be 1-100 letters, digits, - or _",
+        "store": "must be 1-100 letters, digits, - or _",
+    }
+
+    @field_validator("price")
+    @classmethod
+    def _price_text(cls, value: str | int | float | None) -> str | None:
         if value is None:
-            continue
-        if isinstance(value, int | float) and not isinstance(value, bool) and name == "price":
-            value = str(value)
-        if not isinstance(value, str) or len(value) > limit:
-            raise ValueError(f"{name} must be a string of at most {limit} characters")
-        out[name] = value
-    if not out.get("name", "").strip():
-        raise ValueError("name is required for an inline product (or give product_id for a Wix product)")
-    attrs = source.get("attributes")
-    if attrs is not None:
-        if not isinstance(attrs, dict) or len(attrs) > 50 or not all(
-                isinstance(k, str) and isinstance(v, str | int | float) for k, v in attrs.items()):
-            raise ValueError("attributes must be an object of at most 50 text or number values")
-        out["attributes"] = attrs
-    return out
+            return None
+        text = value if isinstance(value, str) else str(value)
+        if len(text) > 50:
+            raise ValueError("too long")
+        return text
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ProductFields:
+        if self.product_id is not None:
+            given = [n for n in INLINE if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"has field {given[0]!r}, which a Wix product (product_id) cannot take")
+            return self
+        if self.store is not None:
+            raise ValueError("has field 'store', which only a Wix product (product_id) takes")
+        if not (self.name or "").strip():
+            raise ValueError("name is required for an inline product (or give product_id for a Wix product)")
+        return self
 
 
-def _validate_wix(source: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(source) - WIX_FIELDS)
-    if unknown:
-        raise ValueError(f"has field {unknown[0]!r}, which a Wix product (product_id) cannot take")
-    out: dict[str, Any] = {}
-    for name in ("product_id", "store"):
-        value = source.get(name)
-        if value is None and name == "store":
-            continue
-        # Both end up in a URL path or header: keep them to the characters Wix ids use.
-        if not isinstance(value, str) or not 0 < len(value) <= 100 or not all(
-                c.isalnum() or c in "-_" for c in value):
-            raise ValueError(f"{name} must be 1-100 letters, digits, - or _")
-        out[name] = value
-    return out
-
-
-async def fetch(source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]:
+async def fetch(source: dict[str, Any], config: WixConfig, tenant_id: str) -> dict[str, Any]:
     if "product_id" in source:
         site = source.get("store") or tenant_id
-        product = await wix.get_product(settings, site, source["product_id"])
+        product = await wix.get_product(config, site, source["product_id"])
         return {"topic": product["name"], "product": product,
                 "wix": {"site_id": site, "product_id": source["product_id"]}}
     product = {k: v for k, v in source.items() if k != "type"}

@@ -10,14 +10,15 @@ Filters apply to the list's entries; up to MAX_PAGES pages are read to find
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
 
 from .. import remote
 from ..errors import FatalError
 from ..settings import Settings
+from . import SourceFields
 
-KINDS = ("blog_post",)
-FIELDS = {"type", "list", "media", "min_rating", "year_from", "year_to", "adult", "count", "language", "tone"}
 LISTS = ("popular", "top_rated", "trending", "now_playing")
 MEDIA = ("movie", "tv")
 MAX_PAGES = 3
@@ -25,43 +26,41 @@ SERVICE = "TMDb"
 LABELS = {"popular": "popular", "top_rated": "top rated", "trending": "trending", "now_playing": "now playing"}
 
 
-def validate(source: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(source) - FIELDS)
-    if unknown:
-        raise ValueError(f"has an unknown field {unknown[0]!r}")
-    out: dict[str, Any] = {"list": source.get("list", "popular"), "media": source.get("media", "movie")}
-    if out["list"] not in LISTS:
-        raise ValueError(f"list must be one of {', '.join(LISTS)}")
-    if out["media"] not in MEDIA:
-        raise ValueError(f"media must be one of {', '.join(MEDIA)}")
-    rating = source.get("min_rating")
-    if rating is not None:
-        if not isinstance(rating, int | float) or isinstance(rating, bool) or not 0 <= rating <= 10:
-            raise ValueError("min_rating must be a number from 0 to 10")
-        out["min_rating"] = float(rating)
-    for name in ("year_from", "year_to"):
-        year = source.get(name)
-        if year is not None:
-            if not isinstance(year, int) or isinstance(year, bool) or not 1870 <= year <= 2200:
-                raise ValueError(f"{name} must be a year from 1870 to 2200")
-            out[name] = year
-    if out.get("year_from", 0) > out.get("year_to", 9999):
-        raise ValueError("year_from must not be after year_to")
-    adult = source.get("adult", False)
-    if not isinstance(adult, bool):
-        raise ValueError("adult must be true or false")
-    out["adult"] = adult
-    count = source.get("count", 5)
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 20:
-        raise ValueError("count must be an integer from 1 to 20")
-    out["count"] = count
-    for name, limit in (("language", 20), ("tone", 50)):
-        value = source.get(name)
-        if value is not None:
-            if not isinstance(value, str) or not 0 < len(value) <= limit:
-                raise ValueError(f"{name} must be a string of 1 to {limit} characters")
-            out[name] = value
-    return out
+def config(settings: Settings) -> remote.ServiceConfig:
+    """What the tmdb source is given: TMDB_BASE_URL, TMDB_API_KEY and the timeout."""
+    return remote.ServiceConfig(settings.tmdb_base_url, settings.tmdb_api_key, settings.http_timeout_seconds)
+
+
+class TMDbFields(SourceFields):
+    """A TMDb list, filtered: the subject of a roundup post."""
+
+    list: Literal["popular", "top_rated", "trending", "now_playing"] = "popular"
+    media: Literal["movie", "tv"] = "movie"
+    min_rating: float | None = Field(None, ge=0, le=10)
+    year_from: int | None = Field(None, ge=1870, le=2200)
+    year_to: int | None = Field(None, ge=1870, le=2200)
+    adult: bool = False
+    count: int = Field(5, ge=1, le=20)
+    language: str | None = Field(None, min_length=1, max_length=20, description="e.g. en-US (the default)")
+    tone: str | None = Field(None, min_length=1, max_length=50, description="e.g. enthusiastic (the default)")
+
+    messages: ClassVar[dict[str, str]] = {
+        "list": f"must be one of {', '.join(LISTS)}",
+        "media": f"must be one of {', '.join(MEDIA)}",
+        "min_rating": "must be a number from 0 to 10",
+        "year_from": "must be a year from 1870 to 2200",
+        "year_to": "must be a year from 1870 to 2200",
+        "adult": "must be true or false",
+        "count": "must be an integer from 1 to 20",
+        "language": "must be a string of 1 to 20 characters",
+        "tone": "must be a string of 1 to 50 characters",
+    }
+
+    @model_validator(mode="after")
+    def _years_in_order(self) -> TMDbFields:
+        if self.year_from is not None and self.year_to is not None and self.year_from > self.year_to:
+            raise ValueError("year_from must not be after year_to")
+        return self
 
 
 def _path(source: dict[str, Any]) -> str:
@@ -92,12 +91,12 @@ def _passes(item: dict[str, Any], source: dict[str, Any]) -> bool:
     return year is None or source.get("year_from", 0) <= year <= source.get("year_to", 9999)
 
 
-async def fetch(source: dict[str, Any], settings: Settings, tenant_id: str) -> dict[str, Any]:
-    if not settings.tmdb_api_key:
+async def fetch(source: dict[str, Any], config: remote.ServiceConfig, tenant_id: str) -> dict[str, Any]:
+    if not config.credential:
         raise FatalError("TMDb is not configured: set BLOGQUEUE_TMDB_API_KEY", code="missing_api_key")
-    headers, auth = _auth(settings.tmdb_api_key)
+    headers, auth = _auth(config.credential)
     picked: list[dict[str, Any]] = []
-    async with remote.client(settings, settings.tmdb_base_url, headers) as http:
+    async with remote.client(config.timeout_seconds, config.base_url, headers) as http:
         page, pages = 1, 1
         while page <= min(pages, MAX_PAGES) and len(picked) < source["count"]:
             params = {**auth, "page": str(page), "language": source.get("language", "en-US")}

@@ -145,7 +145,9 @@ class Chaos:
             if user:
                 await self.client.put_ai_settings(tenant, user, {"keys": {"openai": OWN_KEY}})
             if self.settings.credits_enabled:
-                await self.client.grant_credits(tenant, size * max(self.settings.credit_costs.values()))
+                app = self.client.app
+                most = max(app.credit_cost(k, self.settings) for k in app.kinds)
+                await self.client.grant_credits(tenant, size * most)
             for start in range(0, size, 500):
                 jobs = []
                 for i in range(start, min(size, start + 500)):
