@@ -33,6 +33,7 @@ test-deps:
 
 test: services test-deps
 	$(LOAD_ENV) $(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(LOAD_ENV) $(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
 
 chaos: services test-deps
@@ -44,6 +45,7 @@ demo: services
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Provider-limit utilisation: 4 workers vs the OpenAI fake at RPM 600 / TPM 60,000 (docs/providers.md).
 bench-ratelimit: services
@@ -68,7 +70,7 @@ bench-load: services
 
 clean:
 	$(PY) scripts/services.py --stop || true
-	rm -rf $(VENV) .blogqueue .pytest_cache .ruff_cache
+	rm -rf $(VENV) .blogqueue .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks (DESIGN §8): each prints a table and writes benchmarks/results/<name>.json.
 # `make bench` runs them one after another; `make bench-engine` (etc.) runs one, with BENCH_ARGS.

@@ -78,14 +78,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out = await client.enqueue("bench-tenant", jobs)
         backlog_until = start
         while True:
-            batch = await client.get_batch(out["batch_id"])
+            batch = await client.get_batch(out.batch_id)
             buckets = await ratelimit.bucket_stats(r, s)
             # Work is waiting for the limit while jobs are not yet started or are in the bucket's line.
-            if batch["counts"]["queued"] + batch["counts"]["retrying"] or any(b["waiting"] for b in buckets):
+            if batch.counts["queued"] + batch.counts["retrying"] or any(b["waiting"] for b in buckets):
                 backlog_until = time.time()
-            done = batch["counts"]["done"]
+            done = batch.counts["done"]
             print(f"\r{done}/{args.jobs} done, fake 429s: {fake.stats()['rate_limited']}   ", end="", flush=True)
-            if batch["finished"]:
+            if batch.finished:
                 break
             await asyncio.sleep(1)
         elapsed = time.time() - start
@@ -106,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "jobs": args.jobs, "workers": args.workers, "concurrency": args.concurrency,
             "rpm": args.rpm, "tpm": args.tpm, "latency_ms": args.latency_ms,
             "completion_tokens": args.completion_tokens, "max_wait_s": args.max_wait,
-            "done": batch["counts"]["done"], "failed": batch["counts"]["failed"], "failures": failures,
+            "done": batch.counts["done"], "failed": batch.counts["failed"], "failures": failures,
             "elapsed_s": round(elapsed, 1), "jobs_per_s": round(args.jobs / elapsed, 2),
             "calls": stats["calls"], "fake_429s": stats["rate_limited"],
             "full_minutes_measured": w["windows"],

@@ -8,12 +8,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from . import __version__
 from .settings import Settings, SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blogqueue", description="AI content job system")
+    parser.add_argument("--version", action="version", version=f"blogqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the SQL migrations (idempotent)")
     worker = sub.add_parser("worker", help="run an arq worker (same as: arq blogqueue.worker.WorkerSettings)")
@@ -81,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(settings, app)
         return 0
     if args.command == "serve":
-        from service.app import serve as run_service
+        from .service.app import serve as run_service
 
         run_service(settings, host=args.host, port=args.port, bq_app=app)
         return 0
@@ -123,18 +126,19 @@ async def _client_command(settings: Settings, args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"blogqueue {args.command}: {exc}", file=sys.stderr)
         return 2
-    async with await Client.connect(settings, app) as client:
+    out: Any
+    async with Client.open(settings, app) as client:
         try:
             if args.command == "enqueue":
                 body = json.loads(args.body)
                 jobs = body["jobs"] if isinstance(body, dict) and "jobs" in body else body
-                out = await client.enqueue(args.tenant, jobs)
+                out = (await client.enqueue(args.tenant, jobs)).model_dump(mode="json")
             elif args.command == "credits" and args.credits_command == "grant":
                 out = await client.grant_credits(args.tenant, args.amount, args.note)
             elif args.command == "credits":
                 out = await client.credit_balance(args.tenant)
             else:
-                out = await client.get_job(args.job_id)
+                out = (await client.get_job(args.job_id)).model_dump(mode="json")
         except BlogqueueError as exc:
             print(json.dumps(exc.to_dict()), file=sys.stderr)
             return 1

@@ -3,33 +3,39 @@
 These are the functions the HTTP service calls, and the ones another Python
 service imports:
 
-    async with await Client.connect(Settings.from_env()) as bq:
+    async with Client.open(Settings.from_env()) as bq:
         out = await bq.enqueue("store-1", [{"source": {"type": "keyword", "keyword": "tea"}}])
-        job = await bq.get_job(out["jobs"][0]["id"], tenant_id="store-1")
+        job = await bq.get_job(out.jobs[0].id, tenant_id="store-1")
 
 Every call that names a tenant sees only that tenant's jobs; `tenant_id=None`
-is the operator's (admin) view. A refused call writes nothing.
+is the operator's (admin) view. A refused call writes nothing. Results are the
+typed objects of blogqueue.models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import math
 import uuid
+import warnings
 import weakref
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, get_args
 
 import asyncpg
 
-from . import aisettings, credits, db, wixinstall
+from . import aisettings, credits, db, metrics, tokens, wixinstall
 from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
 from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, wait_reason
+from .models import Batch, Enqueued, EnqueuedJob, Job, JobDetail, JobEvent, JobPage, PublicStatus, StageRecord, Stopped
 from .settings import Settings
+from .tokens import Principal
 
 THROUGHPUT_WINDOW_S = 300.0
 MAX_EVENTS = 200
@@ -37,6 +43,10 @@ MAX_PAGE = 200
 
 
 class Client:
+    """The library API. Open one with `async with Client.open(settings) as bq:`; or share a
+    pool you own with `Client(settings, pool)` (closing the client then leaves the pool open).
+    `app` is the registry jobs are validated against (the built-in `App()` when None)."""
+
     def __init__(self, settings: Settings, pool: asyncpg.Pool, *, owns_pool: bool = False,
                  app: App | None = None) -> None:
         self.settings = settings
@@ -49,7 +59,23 @@ class Client:
         self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, app: App | None = None, **pool_options: Any) -> AsyncIterator[Client]:
+        """A client with a pool of its own, closed on leaving the block.
+
+        `pool_options` go to `blogqueue.db.create_pool` (e.g. `min_size=0, timeout=5`).
+        """
+        client = cls(settings, await db.create_pool(settings, **pool_options), owns_pool=True, app=app)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    @classmethod
     async def connect(cls, settings: Settings, app: App | None = None) -> Client:
+        """Deprecated: use `async with Client.open(settings) as bq:`. Removed after 0.2."""
+        warnings.warn("Client.connect() is deprecated; use `async with Client.open(settings) as bq:`",
+                      DeprecationWarning, stacklevel=2)
         return cls(settings, await db.create_pool(settings), owns_pool=True, app=app)
 
     async def close(self) -> None:
@@ -65,7 +91,7 @@ class Client:
     # -- enqueue ---------------------------------------------------------------
 
     async def enqueue(self, tenant_id: str, jobs: list[dict[str, Any]] | dict[str, Any],
-                      *, user_id: str | None = None) -> dict[str, Any]:
+                      *, user_id: str | None = None) -> Enqueued:
         """Enqueue one job or many, atomically: all are accepted or none is.
 
         Returns `batch_id`, the jobs (`id`, `status`, `replayed` when an
@@ -98,12 +124,9 @@ class Client:
                 list(set(ids)))
             await conn.execute(Q["notify_dispatcher"], "enqueue")
         status = {r["id"]: r["status"] for r in rows}
-        return {
-            "batch_id": str(batch_id),
-            "jobs": [{"id": str(i), "status": status[i], "replayed": n not in new}
-                     for n, i in enumerate(ids)],
-            "estimated_wait_s": _estimate_wait(counts, len(new), rate),
-        }
+        return Enqueued(batch_id=str(batch_id),
+                        jobs=[EnqueuedJob(str(i), status[i], n not in new) for n, i in enumerate(ids)],
+                        estimated_wait_s=_estimate_wait(counts, len(new), rate))
 
     async def _resolve_idempotency(self, conn: asyncpg.Connection, tenant_id: str,
                                    specs: list[JobSpec]) -> tuple[list[uuid.UUID], set[int]]:
@@ -166,7 +189,7 @@ class Client:
 
     # -- read ------------------------------------------------------------------
 
-    async def get_job(self, job_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+    async def get_job(self, job_id: str, tenant_id: str | None = None) -> JobDetail:
         """One job with its stage outputs and progress events; NotFound if not the tenant's."""
         jid = _uuid(job_id, "job")
         async with self.pool.acquire() as conn:
@@ -176,17 +199,17 @@ class Client:
             events = await conn.fetch(Q["job_events"], jid, MAX_EVENTS)
             stages = await conn.fetch(Q["job_stages"], jid)
             waiting = await wait_reason(conn, dict(row), self.settings.heartbeat_seconds * 3)
-        job = public_job(dict(row))
-        job["wait_reason"] = waiting
-        job["events"] = [{"at": e["at"].isoformat(), "attempt": e["attempt"], "event": e["event"],
-                          **({"detail": e["detail"]} if e["detail"] else {})} for e in events]
-        job["stages"] = {s["stage"]: {"attempt": s["attempt"], "at": s["created_at"].isoformat()}
-                         for s in stages}
-        return job
+        return JobDetail.model_validate({
+            **public_job(dict(row)),
+            "wait_reason": waiting,
+            "events": [JobEvent(at=e["at"], attempt=e["attempt"], event=e["event"], detail=e["detail"] or None)
+                       for e in events],
+            "stages": {s["stage"]: StageRecord(attempt=s["attempt"], at=s["created_at"]) for s in stages},
+        })
 
     async def list_jobs(self, tenant_id: str | None, *, status: str | None = None,
                         batch_id: str | None = None, limit: int = 50,
-                        cursor: str | None = None) -> dict[str, Any]:
+                        cursor: str | None = None) -> JobPage:
         """The tenant's jobs, newest first. `next_cursor` is None on the last page.
 
         Pages follow an insertion sequence, so jobs enqueued while paging never
@@ -202,21 +225,20 @@ class Client:
         rows = await self.pool.fetch(Q["list_jobs"], tenant_id, status, bid, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        return {"jobs": [public_job(dict(r)) for r in rows],
-                "next_cursor": _encode_cursor(rows[-1]["seq"], tenant_id) if more else None}
+        return JobPage(jobs=[Job.model_validate(public_job(dict(r))) for r in rows],
+                       next_cursor=_encode_cursor(rows[-1]["seq"], tenant_id) if more else None)
 
-    async def get_batch(self, batch_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+    async def get_batch(self, batch_id: str, tenant_id: str | None = None) -> Batch:
         bid = _uuid(batch_id, "batch")
         async with self.pool.acquire() as conn:
             batch = await conn.fetchrow(Q["get_batch"], bid, tenant_id)
             if batch is None:
                 raise NotFound("no such batch", details={"id": batch_id})
             counts = {r["status"]: r["n"] for r in await conn.fetch(Q["batch_counts"], bid)}
-        return {"id": str(batch["id"]), "tenant_id": batch["tenant_id"],
-                "created_at": batch["created_at"].isoformat(), "total": batch["job_count"],
-                "counts": {s: counts.get(s, 0) for s in PUBLIC_STATUSES},
-                "finished": sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
-                == batch["job_count"]}
+        return Batch(id=str(batch["id"]), tenant_id=batch["tenant_id"], created_at=batch["created_at"],
+                     total=batch["job_count"], counts={s: counts.get(s, 0) for s in get_args(PublicStatus)},
+                     finished=sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+                     == batch["job_count"])
 
     # -- credits ---------------------------------------------------------------
 
@@ -232,7 +254,7 @@ class Client:
 
     # -- stop ------------------------------------------------------------------
 
-    async def stop_job(self, job_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+    async def stop_job(self, job_id: str, tenant_id: str | None = None) -> Stopped:
         """Stop one job. Stopping a finished job changes nothing and is not an error."""
         jid = _uuid(job_id, "job")
         async with self.pool.acquire() as conn:
@@ -240,19 +262,19 @@ class Client:
                                    jid, tenant_id) is None:
                 raise NotFound("no such job", details={"id": job_id})
         out = await self._stop(Q["stoppable_job"], jid, tenant_id)
-        return {**out, "job": await self.get_job(job_id, tenant_id)}
+        return out.model_copy(update={"job": await self.get_job(job_id, tenant_id)})
 
-    async def stop_batch(self, batch_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+    async def stop_batch(self, batch_id: str, tenant_id: str | None = None) -> Stopped:
         bid = _uuid(batch_id, "batch")
         if await self.pool.fetchrow(Q["get_batch"], bid, tenant_id) is None:
             raise NotFound("no such batch", details={"id": batch_id})
         return await self._stop(Q["stoppable_batch"], bid, tenant_id)
 
-    async def stop_tenant(self, tenant_id: str) -> dict[str, Any]:
+    async def stop_tenant(self, tenant_id: str) -> Stopped:
         _check_tenant(tenant_id)
         return await self._stop(Q["stoppable_tenant"], tenant_id)
 
-    async def _stop(self, select: str, *args: Any) -> dict[str, Any]:
+    async def _stop(self, select: str, *args: Any) -> Stopped:
         """Cancels waiting work now; running work is flagged and its worker told to abort it."""
         async with self.pool.acquire() as conn, conn.transaction():
             ids = [r["id"] for r in await conn.fetch(select, *args)]
@@ -260,8 +282,7 @@ class Client:
             stopping = sum(1 for r in rows if r["status"] == "running")
             if stopping:
                 await conn.execute(Q["notify_cancel"], "check")
-        return {"cancelled": len(rows) - stopping, "stopping": stopping}
-
+        return Stopped(cancelled=len(rows) - stopping, stopping=stopping)
 
     # -- AI settings -----------------------------------------------------------
 
@@ -291,6 +312,21 @@ class Client:
     async def delete_wix_installation(self, tenant_id: str) -> dict[str, Any]:
         _check_tenant(tenant_id)
         return await wixinstall.delete(self.pool, tenant_id)
+
+
+    # -- for the service: tokens, readiness, metrics --------------------------
+
+    async def verify_token(self, token: str) -> Principal | None:
+        """The principal of a valid, unrevoked API token; None otherwise."""
+        return await tokens.verify(self.pool, token)
+
+    async def ping(self) -> None:
+        """One round trip to PostgreSQL; raises what the driver raises when it cannot."""
+        await self.pool.fetchval("SELECT 1")
+
+    async def metrics(self) -> dict[str, Any]:
+        """The figures behind `/v1/metrics` read from PostgreSQL (see blogqueue.metrics.collect)."""
+        return await metrics.collect(self.pool, self.settings)
 
 
 def _check_user(user_id: str | None) -> None:

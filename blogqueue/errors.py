@@ -2,8 +2,9 @@
 
 `BlogqueueError` and its subclasses are refusals of a library call (bad input,
 unknown id, full backlog...). Each carries the contract's error `code`, a
-message for humans, optional `details`, and the HTTP status the service maps
-it to.
+message for humans and optional `details` (`BacklogFull` also `retry_after`).
+They know nothing of HTTP: the service maps codes to statuses in one table
+(blogqueue/service/errors.py).
 
 `JobError` and its subclasses are raised inside a job's stages and say how the
 engine must treat the failure (DESIGN §4): retry it, wait without using an
@@ -17,7 +18,6 @@ from typing import Any
 
 
 class BlogqueueError(Exception):
-    status = 400
     code = "bad_request"
 
     def __init__(self, message: str, *, details: Any = None, code: str | None = None) -> None:
@@ -35,27 +35,22 @@ class BlogqueueError(Exception):
 
 
 class InvalidInput(BlogqueueError):
-    status = 422
     code = "invalid_input"
 
 
 class NotFound(BlogqueueError):
-    status = 404
     code = "not_found"
 
 
 class Conflict(BlogqueueError):
-    status = 409
     code = "idempotency_conflict"
 
 
 class InsufficientCredits(BlogqueueError):
-    status = 402
     code = "insufficient_credits"
 
 
 class BacklogFull(BlogqueueError):
-    status = 429
     code = "backlog_full"
 
     def __init__(self, message: str, *, retry_after: int, details: Any = None) -> None:
@@ -64,7 +59,6 @@ class BacklogFull(BlogqueueError):
 
 
 class Unavailable(BlogqueueError):
-    status = 503
     code = "unavailable"
 
 

@@ -14,8 +14,8 @@ import pytest_asyncio
 from starlette.applications import Starlette
 
 from blogqueue import tokens
+from blogqueue.service.app import create_app
 from blogqueue.settings import Settings
-from service.app import create_app
 
 TokenFactory = Callable[..., Awaitable[str]]
 

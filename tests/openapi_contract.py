@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 from jsonschema import Draft202012Validator
 
-from service.openapi import DOCUMENT
+from blogqueue.service.openapi import document
 
+DOCUMENT = document()  # the built-in app's; the service builds the same from the app it loaded
 COMPONENTS = DOCUMENT["components"]
 
 

@@ -133,5 +133,5 @@ def test_mask(key, masked):
 async def test_unknown_models_are_refused_at_enqueue(client, pool, model):
     with pytest.raises(InvalidInput) as info:
         await client.enqueue("shop-m", {"source": {"type": "keyword", "keyword": "tea"}, "model": model})
-    assert info.value.status == 422 and info.value.details == {"field": "job.model"}
+    assert info.value.code == "invalid_input" and info.value.details == {"field": "job.model"}
     assert await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE tenant_id = 'shop-m'") == 0

@@ -30,10 +30,10 @@ def worker_argv(app: str) -> tuple[str, ...]:
     return ("-m", "blogqueue.cli", "worker", "--app", app)
 
 
-async def finished(client: blogqueue.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
+async def finished(client: blogqueue.Client, job_id: str, timeout: float = 60) -> blogqueue.JobDetail:
+    async def done() -> blogqueue.JobDetail | None:
         job = await client.get_job(job_id)
-        return job if job["status"] in ("done", "failed", "cancelled") else None
+        return job if job.status in ("done", "failed", "cancelled") else None
 
     return await wait_until(done, timeout=timeout)
 
@@ -144,12 +144,12 @@ async def test_a_replaced_builtin_prompt_is_what_the_provider_receives(client: b
                 openai_api_key=PLATFORM_KEY)
         out = await client.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "oolong"},
                                               "model": "openai:gpt-4o-mini", "image": False})
-        job = await finished(client, out["jobs"][0]["id"])
+        job = await finished(client, out.jobs[0].id)
         calls = [c for c in fake.calls if c["path"] == "/v1/chat/completions"]
-    assert job["status"] == "done", job
+    assert job.status == "done", job
     assert [c["subject"] for c in calls] == [f"{apps.MARKER} oolong"]  # the new template's text, sent once
-    assert job["result"]["prompt_version"] == "test-replaced-1"
-    assert job["result"]["title"] == f"A fake post about {apps.MARKER} oolong"
+    assert job.result["prompt_version"] == "test-replaced-1"
+    assert job.result["title"] == f"A fake post about {apps.MARKER} oolong"
 
 
 async def test_an_added_provider_gets_stored_keys_a_platform_key_and_the_limiter(
@@ -178,8 +178,8 @@ async def test_an_added_provider_gets_stored_keys_a_platform_key_and_the_limiter
             ids.append(resp.json()["jobs"][0]["id"])
         jobs = [await finished(client, i) for i in ids]
         by_key = fake.calls_by_key()
-    assert [j["status"] for j in jobs] == ["done", "done"], jobs
-    assert all(j["result"]["usage"]["model"].endswith(":gpt-4o-mini") for j in jobs)
+    assert [j.status for j in jobs] == ["done", "done"], jobs
+    assert all(j.result["usage"]["model"].endswith(":gpt-4o-mini") for j in jobs)
     # ann's stored key and the platform key (for bob, who stored none), one call each...
     assert by_key == {ratelimit.key_hash(USER_KEY)[:12]: 1, ratelimit.key_hash(PLATFORM_KEY)[:12]: 1}
     # ...each through its own bucket of the shared limiter.

@@ -17,7 +17,7 @@ WIX_TOKEN = "wix-token-crash-123456"
 async def done(bq, job_id, timeout=40):
     async def check():
         job = await bq.get_job(job_id)
-        return job if job["status"] == "done" else None
+        return job if job.status == "done" else None
     return await wait_until(check, timeout=timeout, what="the job to finish after the crash")
 
 
@@ -47,13 +47,13 @@ async def test_kill_after_the_side_effect_before_the_ack_delivers_once(publisher
                 else dict(wix_base_url=receiver.url, wix_api_token=WIX_TOKEN))
         (first,) = workers(1, publisher=publisher, lease_seconds=2.0, **conf)
         out = await bq.enqueue("store-1", {"source": {"type": "keyword", "keyword": "crash"}})
-        job_id = out["jobs"][0]["id"]
+        job_id = out.jobs[0].id
 
         async def delivered():
             return receiver.received.is_set()
         await wait_until(delivered, what="the publisher's request to reach the receiver")
         first.kill()
-        assert (await bq.get_job(job_id))["status"] == "running"  # not done: the ack never arrived
+        assert (await bq.get_job(job_id)).status == "running"  # not done: the ack never arrived
         workers(1, publisher=publisher, lease_seconds=2.0, **conf)
         job = await done(bq, job_id)
         posts = receiver.count("POST")
@@ -62,7 +62,7 @@ async def test_kill_after_the_side_effect_before_the_ack_delivers_once(publisher
     if publisher == "webhook":
         assert receiver.bad_signatures == 0 and receiver.redeliveries == 1
     assert paid_calls(settings, job_id) == {"content": 1, "image": 1}  # saved stages were not paid again
-    assert job["stages"]["image"]["attempt"] == 1 and job["stages"]["publish"]["attempt"] == 2
+    assert job.stages["image"].attempt == 1 and job.stages["publish"].attempt == 2
     assert await ledger(pool, job_id) == [("reserve", 25), ("charge", 25)]
     assert (await bq.credit_balance("store-1"))["balance"] == 75
 
@@ -79,7 +79,7 @@ async def test_kill_after_the_ack_was_saved_before_done_never_publishes_again(se
     await bq.grant_credits("store-1", 25)
     with FakeWebhookReceiver(SECRET) as receiver:
         out = await bq.enqueue("store-1", {"source": {"type": "keyword", "keyword": "window"}})
-        job_id = out["jobs"][0]["id"]
+        job_id = out.jobs[0].id
         conf = dict(publisher="webhook", webhook_url=receiver.url, webhook_secret=SECRET, lease_seconds=2.0)
         async with pool.acquire() as holder:
             tx = holder.transaction()
@@ -107,7 +107,7 @@ async def test_kill_after_the_ack_was_saved_before_done_never_publishes_again(se
         job = await done(bq, job_id)
         requests = len(receiver.requests)
     assert requests == 1 and len(receiver.deliveries) == 1 and receiver.redeliveries == 0
-    assert job["attempts"] == 2 and job["stages"]["publish"]["attempt"] == 1
+    assert job.attempts == 2 and job.stages["publish"].attempt == 1
     assert paid_calls(settings, job_id) == {"content": 1, "image": 1}
     assert await ledger(pool, job_id) == [("reserve", 25), ("charge", 25)]
     assert (await bq.credit_balance("store-1"))["balance"] == 0

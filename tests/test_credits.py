@@ -1,5 +1,6 @@
 """Credits: reserved at enqueue, charged once when done, released on failure or cancel."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ async def test_short_balance_is_refused_with_402_and_writes_nothing(bq, pool):
     await bq.grant_credits("shop-a", 60)
     with pytest.raises(InsufficientCredits) as err:
         await bq.enqueue("shop-a", keyword_jobs(3))  # 75 > 60
-    assert err.value.status == 402
+    assert err.value.code == "insufficient_credits"
     assert err.value.to_dict()["error"] == {"code": "insufficient_credits",
                                             "message": "not enough credits: these jobs cost 75, the balance is 60",
                                             "details": {"required": 75, "balance": 60}}
@@ -37,7 +38,7 @@ async def test_short_balance_is_refused_with_402_and_writes_nothing(bq, pool):
     assert await movements(pool, "shop-a") == {"grant": (1, 60)}
     mug = {"kind": "product_optimization", "source": {"type": "product", "name": "Mug"}}
     out = await bq.enqueue("shop-a", [*keyword_jobs(2), mug])
-    assert len(out["jobs"]) == 3
+    assert len(out.jobs) == 3
     assert await bq.credit_balance("shop-a") == {"tenant_id": "shop-a", "balance": 5, "reserved": 55,
                                                  "granted": 60, "charged": 0}
 
@@ -47,7 +48,7 @@ async def test_replayed_job_is_not_reserved_twice(bq, pool):
     job = {"source": {"type": "keyword", "keyword": "tea"}, "idempotency_key": "k1"}
     first = await bq.enqueue("shop-a", job)
     again = await bq.enqueue("shop-a", job)  # balance is 5 now: a replay must not need credits
-    assert again["jobs"][0] == {**first["jobs"][0], "replayed": True}
+    assert again.jobs[0] == dataclasses.replace(first.jobs[0], replayed=True)
     assert (await bq.credit_balance("shop-a"))["balance"] == 5
 
 
@@ -63,7 +64,7 @@ async def test_done_charges_once_failure_and_cancel_release(bq, pool, workers, s
     later = await bq.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "later"},
                                         "run_at": "2099-01-01T00:00:00Z"})
     assert (await bq.credit_balance("shop-a"))["balance"] == 25
-    await bq.stop_job(later["jobs"][0]["id"], "shop-a")
+    await bq.stop_job(later.jobs[0].id, "shop-a")
     assert (await bq.credit_balance("shop-a"))["balance"] == 50  # cancelled while waiting: released at once
     workers(1)
 
@@ -75,23 +76,23 @@ async def test_done_charges_once_failure_and_cancel_release(bq, pool, workers, s
     assert await bq.credit_balance("shop-a") == {"tenant_id": "shop-a", "balance": 75, "reserved": 0,
                                                  "granted": 100, "charged": 25}
     charged = await pool.fetchval("SELECT job_id FROM bq_credit_ledger WHERE movement = 'charge'")
-    assert str(charged) == done["jobs"][0]["id"]
-    assert bad["jobs"][0]["id"] != str(charged)
+    assert str(charged) == done.jobs[0].id
+    assert bad.jobs[0].id != str(charged)
 
 
 async def test_stopping_a_running_job_releases_its_credits(bq, pool, workers):
     await bq.grant_credits("shop-a", 25)
     out = await bq.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "slow"}, "model": "offline:slow-5000"})
-    job_id = out["jobs"][0]["id"]
+    job_id = out.jobs[0].id
     workers(1)
 
     async def running():
-        return (await bq.get_job(job_id))["status"] == "running"
+        return (await bq.get_job(job_id)).status == "running"
     await wait_until(running, what="the job to run")
     await bq.stop_job(job_id, "shop-a")
 
     async def cancelled():
-        return (await bq.get_job(job_id))["status"] == "cancelled"
+        return (await bq.get_job(job_id)).status == "cancelled"
     await wait_until(cancelled, what="the running job to be cancelled")
     assert await movements(pool, "shop-a") == {"grant": (1, 25), "reserve": (1, 25), "release": (1, 25)}
 
@@ -100,16 +101,16 @@ async def test_lease_reaper_terminal_failure_releases(bq, pool, workers, setting
     """A job whose worker vanished on its last attempt ends failed by the reaper: released, in SQL."""
     await bq.grant_credits("shop-a", 25)
     out = await bq.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "x"}, "model": "offline:slow-60000"})
-    job_id = out["jobs"][0]["id"]
+    job_id = out.jobs[0].id
     # Pretend the job is on its last attempt and its worker vanished: the reaper decides.
     await pool.execute("UPDATE bq_jobs SET status = 'running', attempt = 4, failures = 3, "
                        "lease_until = now() - interval '1 second' WHERE id = $1::uuid", job_id)
     workers(1)
 
     async def failed():
-        return (await bq.get_job(job_id))["status"] == "failed"
+        return (await bq.get_job(job_id)).status == "failed"
     await wait_until(failed, what="the reaper to fail the job")
-    assert (await bq.get_job(job_id))["error_code"] == "worker_lost"
+    assert (await bq.get_job(job_id)).error_code == "worker_lost"
     assert await movements(pool, "shop-a") == {"grant": (1, 25), "reserve": (1, 25), "release": (1, 25)}
 
 
@@ -118,7 +119,7 @@ async def test_violations_query_catches_a_broken_ledger(bq, pool):
     await bq.grant_credits("shop-a", 25)
     out = await bq.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "x"}})
     await pool.execute("INSERT INTO bq_credit_ledger (tenant_id, job_id, movement, amount) "
-                       "VALUES ('shop-a', $1::uuid, 'charge', 25)", out["jobs"][0]["id"])
+                       "VALUES ('shop-a', $1::uuid, 'charge', 25)", out.jobs[0].id)
     problems = {p["problem"] for p in await credits.violations(pool)}
     assert problems == {"charged but not done, or done but released"}
     await pool.execute("DELETE FROM bq_credit_ledger WHERE movement = 'charge'")

@@ -94,7 +94,7 @@ async def test_weights_and_priority(client, pool, settings):
     await client.enqueue("t", keyword_jobs(5))
     urgent = await client.enqueue("t", {"source": {"type": "keyword", "keyword": "urgent"}, "priority": 10})
     rows, _ = await _pick(pool, settings, 1)
-    assert str(rows[0]["id"]) == urgent["jobs"][0]["id"]
+    assert str(rows[0]["id"]) == urgent.jobs[0].id
 
 
 async def test_two_dispatchers_never_dispatch_an_attempt_twice(client, pool, settings):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -96,3 +99,56 @@ async def test_serve_answers_and_logs_without_secrets(settings: Settings, tmp_pa
     assert posted["duration_ms"] >= 0 and posted["level"] == "info" and "timestamp" in posted
     assert {e["path"] for e in requests} >= {"/healthz", "/v1/jobs", "/readyz"}
     assert token not in text and token[16:] not in text
+
+
+def _urllib_post(url: str, token: str, body: bytes | list[bytes]) -> tuple[int, dict]:
+    """POST with the standard library, which sends the whole body before it reads the answer.
+
+    A list is sent chunked (no Content-Length), bytes with a Content-Length.
+    """
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if isinstance(body, list):
+        headers["Transfer-Encoding"] = "chunked"
+    req = urllib.request.Request(url, data=body if isinstance(body, bytes) else iter(body), headers=headers,
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_oversized_body_gets_the_413_even_while_the_client_is_still_sending(
+        settings: Settings, tmp_path: Path) -> None:
+    """The service reads and discards an oversized body (up to a bound) before it answers 413 and
+    closes, so a client that sends everything first (urllib) sees the 413, not a reset."""
+    # 12 MiB of body outgrow the loopback socket buffers: the client is still sending when the
+    # server has its answer (without draining, urllib saw "connection reset" here).
+    limit = 4 * 1024 * 1024
+    token = _cli(settings, "token", "create", "--tenant", "shop-big").stdout.strip()
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    proc = _start_serve(settings.replace(max_body_bytes=limit), port, log_path)
+    url = f"http://127.0.0.1:{port}/v1/jobs"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            async def up() -> bool:
+                try:
+                    return (await http.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    assert proc.poll() is None, log_path.read_text()
+                    return False
+
+            await wait_until(up, timeout=60, what="blogqueue serve to answer /healthz")
+        big = b"{\"jobs\": [" + b" " * (3 * limit) + b"]}"
+        for body in (big, [big[i:i + 65536] for i in range(0, len(big), 65536)]):
+            status, answer = await asyncio.to_thread(_urllib_post, url, token, body)
+            assert status == 413, answer
+            assert answer == {"error": {"code": "body_too_large", "details": {"limit": limit},
+                                        "message": f"request body is larger than {limit} bytes"}}
+        ok_status, ok = await asyncio.to_thread(
+            _urllib_post, url, token, json.dumps({"source": {"type": "keyword", "keyword": "tea"}}).encode())
+        assert ok_status == 202 and len(ok["jobs"]) == 1  # the service still serves after refusing
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -44,8 +44,8 @@ def openai_settings(settings, fake, **limits):
 
 async def finished(client, out, timeout):
     async def check():
-        b = await client.get_batch(out["batch_id"])
-        return b if b["finished"] else None
+        b = await client.get_batch(out.batch_id)
+        return b if b.finished else None
     return await wait_until(check, timeout=timeout, interval=0.25, what="batch to finish")
 
 
@@ -71,14 +71,14 @@ async def test_four_workers_make_zero_429s_at_the_tpm_limit(client, workers, set
                                             "provider_timeout_seconds", "rate_limits", "max_inflight_per_tenant")})
     out = await client.enqueue("shop-load", keyword_jobs(150))
     await finished(client, out, timeout=150)
-    counts = (await client.get_batch(out["batch_id"]))["counts"]
+    counts = (await client.get_batch(out.batch_id)).counts
     assert counts["done"] == 150
     st = fake.stats()
     assert st["rate_limited"] == 0, st
     assert st["by_status"]["200"] == 300  # one text and one image call per job, none repeated
     assert max_in_any_minute(fake.calls, "tokens") <= 60_000
     assert max_in_any_minute(fake.calls, "requests") <= 600
-    assert await pool.fetchval("SELECT sum(failures) FROM bq_jobs WHERE batch_id = $1", out["batch_id"]) == 0
+    assert await pool.fetchval("SELECT sum(failures) FROM bq_jobs WHERE batch_id = $1", out.batch_id) == 0
     [bucket] = await ratelimit.bucket_stats(redis, s)
     assert bucket["key_hash"] == ratelimit.key_hash(PLATFORM_KEY) and bucket["rate_limited_429"] == 0
     assert bucket["waits"] > 0  # it really was the limiter that held calls back
@@ -97,11 +97,11 @@ async def test_a_429_storm_uses_no_attempt(client, workers, settings, pool, redi
             stats = await ratelimit.bucket_stats(redis, s)
             if stats and stats[0]["paused_until"] is not None:
                 paused_seen.append(stats[0])
-            b = await client.get_batch(out["batch_id"])
-            return b if b["finished"] else None
+            b = await client.get_batch(out.batch_id)
+            return b if b.finished else None
         batch = await wait_until(done_and_watch, timeout=120, interval=0.05, what="storm batch to finish")
-        assert batch["counts"]["done"] == 30
-        assert await pool.fetchval("SELECT sum(failures) FROM bq_jobs WHERE batch_id = $1", out["batch_id"]) == 0
+        assert batch.counts["done"] == 30
+        assert await pool.fetchval("SELECT sum(failures) FROM bq_jobs WHERE batch_id = $1", out.batch_id) == 0
         n429 = fake.stats()["rate_limited"]
         assert n429 >= 5
         [bucket] = await ratelimit.bucket_stats(redis, s)
@@ -128,7 +128,7 @@ async def test_tenants_share_the_platform_bucket_but_an_own_key_is_not_slowed(cl
         by_key = fake.calls_by_key()
         assert by_key[_h(OWN_KEY)] == 10 and by_key[_h(PLATFORM_KEY)] == 20
         assert fake.stats()["rate_limited"] == 0
-        done = {t: (await client.get_batch(x["batch_id"]))["counts"]["done"] for t, x in (("a", a), ("b", b))}
+        done = {t: (await client.get_batch(x.batch_id)).counts["done"] for t, x in (("a", a), ("b", b))}
         assert done["a"] + done["b"] == 20 and min(done.values()) >= 5  # one bucket, shared fairly
         stats = {x["key_hash"]: x for x in await ratelimit.bucket_stats(redis, s)}
         assert stats[ratelimit.key_hash(PLATFORM_KEY)]["used"]["requests"] == 20
@@ -148,10 +148,10 @@ async def test_a_stored_key_never_appears_anywhere(client, workers, settings, po
         out = await client.enqueue("shop-leak", keyword_jobs(2), user_id="u1")
         fake.script("500")  # one retryable failure on the way too
         await finished(client, out, timeout=60)
-        jobs = [await client.get_job(j["id"], "shop-leak") for j in out["jobs"]]
-        assert all(j["status"] == "failed" and j["error_code"] == "bad_api_key" for j in jobs)
+        jobs = [await client.get_job(j.id, "shop-leak") for j in out.jobs]
+        assert all(j.status == "failed" and j.error_code == "bad_api_key" for j in jobs)
         assert fake.stats()["by_status"]["401"] >= 2  # the key really was sent to the provider
-        texts = [json.dumps(shown), json.dumps(jobs, default=str),
+        texts = [json.dumps(shown), json.dumps([j.model_dump(mode="json") for j in jobs]),
                  json.dumps(await client.get_ai_settings("shop-leak", "u1")),
                  json.dumps(await ratelimit.bucket_stats(redis, s)),
                  json.dumps([dict(r) for r in await pool.fetch("SELECT * FROM bq_job_events")], default=str),

@@ -18,19 +18,19 @@ async def test_kill_9_mid_stage_resumes_without_repaying_saved_stages(client, wo
     (first,) = workers(1, lease_seconds=2.0)
     out = await client.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "crash"},
                                           "model": "offline:slow-1500"})
-    job_id = out["jobs"][0]["id"]
-    await job_where(client, job_id, lambda j: j["status"] == "running" and j["stage"] == "image",
+    job_id = out.jobs[0].id
+    await job_where(client, job_id, lambda j: j.status == "running" and j.stage == "image",
                     "the image stage to start")
     first.kill()
     workers(1, lease_seconds=2.0)
-    job = await job_where(client, job_id, lambda j: j["status"] == "done", "the job to finish", timeout=40)
+    job = await job_where(client, job_id, lambda j: j.status == "done", "the job to finish", timeout=40)
 
     calls = Counter((c["stage"], c["attempt"]) for c in read_calls(settings) if c["job"] == job_id)
     # content was saved before the kill: paid once. image was cut off mid-call: paid again.
     assert calls == {("content", 1): 1, ("image", 1): 1, ("image", 2): 1}
-    assert job["attempts"] == 2 and job["failures"] == 1
-    assert job["stages"]["content"]["attempt"] == 1 and job["stages"]["image"]["attempt"] == 2
-    events = [e["event"] for e in job["events"]]
+    assert job.attempts == 2 and job.failures == 1
+    assert job.stages["content"].attempt == 1 and job.stages["image"].attempt == 2
+    events = [e.event for e in job.events]
     assert events.count("lease_expired") == 1 and events.count("done") == 1
 
 
@@ -54,41 +54,41 @@ async def test_redis_flushed_mid_run_loses_nothing(client, workers, settings, po
     text_calls = Counter(c["job"] for c in read_calls(settings) if c["call"] == "text")
     assert len(text_calls) == 300 and set(text_calls.values()) == {1}
     assert await pool.fetchval("SELECT count(*) FROM bq_job_events WHERE event = 'done'") == 300
-    assert out["batch_id"]
+    assert out.batch_id
 
 
 async def test_sigterm_releases_running_work_without_using_an_attempt(client, workers, settings):
     (first,) = workers(1, shutdown_grace_seconds=1)
     out = await client.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "slow"},
                                           "model": "offline:slow-4000", "image": False})
-    job_id = out["jobs"][0]["id"]
-    await job_where(client, job_id, lambda j: j["status"] == "running" and j["stage"] == "content",
+    job_id = out.jobs[0].id
+    await job_where(client, job_id, lambda j: j.status == "running" and j.stage == "content",
                     "the content stage to start")
     assert first.terminate(timeout=15) is not None
     job = await client.get_job(job_id)
-    assert job["status"] == "queued" and job["failures"] == 0
-    assert job["events"][-1]["event"] == "released"
+    assert job.status == "queued" and job.failures == 0
+    assert job.events[-1].event == "released"
     workers(1)
-    job = await job_where(client, job_id, lambda j: j["status"] == "done", "another worker to finish it")
+    job = await job_where(client, job_id, lambda j: j.status == "done", "another worker to finish it")
     # No attempt was used up. The dying worker's dispatcher may hand the released job to arq once
     # more before it exits, so the dispatch counter may be past 2; only failures are attempts used.
-    assert job["failures"] == 0 and job["attempts"] >= 2
+    assert job.failures == 0 and job.attempts >= 2
 
 
 async def test_a_job_that_keeps_killing_workers_ends_failed(client, workers, settings, pool):
     """Lost leases count as failures, so a poison job cannot loop forever."""
     out = await client.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "poison"},
                                           "model": "offline:slow-60000"})
-    job_id = out["jobs"][0]["id"]
+    job_id = out.jobs[0].id
     for attempt in range(1, settings.max_attempts + 1):
         (w,) = workers(1, lease_seconds=1.5)
-        await job_where(client, job_id, lambda j, a=attempt: j["status"] == "running" and j["attempts"] == a,
+        await job_where(client, job_id, lambda j, a=attempt: j.status == "running" and j.attempts == a,
                         f"attempt {attempt} to run")
         w.kill()
     workers(1, lease_seconds=1.5)  # its dispatcher reaps the last lapsed lease
-    job = await job_where(client, job_id, lambda j: j["status"] == "failed", "the job to fail",
+    job = await job_where(client, job_id, lambda j: j.status == "failed", "the job to fail",
                           timeout=20)
-    assert job["error_code"] == "worker_lost" and job["failures"] == settings.max_attempts
+    assert job.error_code == "worker_lost" and job.failures == settings.max_attempts
 
 
 async def test_worker_rides_out_a_redis_outage(client, workers, settings, pool, tmp_path):
@@ -101,7 +101,7 @@ async def test_worker_rides_out_a_redis_outage(client, workers, settings, pool, 
         first = await client.enqueue("shop-a", keyword_jobs(20, image=False))
 
         async def batch_done(out):
-            return (await client.get_batch(out["batch_id"]))["finished"]
+            return (await client.get_batch(out.batch_id)).finished
         await wait_until(lambda: batch_done(first), what="jobs before the outage")
         redis.stop()
         during = await client.enqueue("shop-a", keyword_jobs(20, image=False))  # PostgreSQL alone takes it
@@ -109,7 +109,7 @@ async def test_worker_rides_out_a_redis_outage(client, workers, settings, pool, 
         redis.start()
         await wait_until(lambda: batch_done(during), timeout=60, what="jobs enqueued during the outage")
         assert worker.alive()
-        assert (await client.get_batch(during["batch_id"]))["counts"]["done"] == 20
+        assert (await client.get_batch(during.batch_id)).counts["done"] == 20
     finally:
         redis.stop()
 

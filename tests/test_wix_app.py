@@ -48,13 +48,13 @@ def app_settings(fake: FakeWix, **extra: Any) -> dict[str, Any]:
 async def all_finished(client: Client, ids: list[str], timeout: float = 90) -> list[dict[str, Any]]:
     async def check() -> list[dict[str, Any]] | None:
         jobs = [await client.get_job(i) for i in ids]
-        return jobs if all(j["status"] in ("done", "failed", "cancelled") for j in jobs) else None
+        return jobs if all(j.status in ("done", "failed", "cancelled") for j in jobs) else None
     return await wait_until(check, timeout=timeout, interval=0.2, what=f"{len(ids)} jobs to finish")
 
 
 async def enqueue(client: Client, tenant: str, n: int, **extra: Any) -> list[str]:
     out = await client.enqueue(tenant, keyword_jobs(n, image=False, **extra))
-    return [j["id"] for j in out["jobs"]]
+    return [j.id for j in out.jobs]
 
 
 def read_logs(tmp_path: Path) -> str:
@@ -87,7 +87,7 @@ async def test_three_tenants_publish_to_their_own_sites_with_their_own_tokens(
         workers(2, **app_settings(wix))
         ids = {t: await enqueue(client, t, 4) for t in tenants}
         jobs = await all_finished(client, [i for v in ids.values() for i in v])
-        assert all(j["status"] == "done" for j in jobs), [j["last_error"] for j in jobs]
+        assert all(j.status == "done" for j in jobs), [j.last_error for j in jobs]
         for tenant, (_inst, site) in tenants.items():
             own = wix.tokens_of(site)
             assert len(own) == 1  # one token for the site, shared by both workers and all its jobs
@@ -109,11 +109,11 @@ async def test_a_token_reaches_only_its_own_site(client: Client, workers: Any, p
         source = {"type": "product", "product_id": "prod-1"}
         foreign = await client.enqueue("shop-a", {"source": {**source, "store": "site-b"}})
         own = await client.enqueue("shop-b", {"kind": "product_optimization", "source": source})
-        foreign_job, own_job = await all_finished(client, [foreign["jobs"][0]["id"], own["jobs"][0]["id"]])
-        assert foreign_job["status"] == "failed" and foreign_job["error_code"] == "not_found"
-        assert own_job["status"] == "done", own_job["last_error"]
+        foreign_job, own_job = await all_finished(client, [foreign.jobs[0].id, own.jobs[0].id])
+        assert foreign_job.status == "failed" and foreign_job.error_code == "not_found"
+        assert own_job.status == "done", own_job.last_error
         ((site, pid, patch),) = wix.updates
-        assert (site, pid) == ("site-b", "prod-1") and patch["name"] == own_job["result"]["title"][:80]
+        assert (site, pid) == ("site-b", "prod-1") and patch["name"] == own_job.result["title"][:80]
 
 
 async def test_token_expiry_mid_run_refreshes_without_failing_a_job(
@@ -149,8 +149,8 @@ async def test_token_expiry_mid_run_refreshes_without_failing_a_job(
         third = await enqueue(client, "shop-a", 6)
         jobs = await all_finished(client, first + second + mid + third)
         assert wix.token_requests == 3 and sum(1 for c in wix.calls if c["status"] == 401) == refused
-        assert all(j["status"] == "done" and j["attempts"] == 1 for j in jobs), \
-            [(j["status"], j["attempts"], j["last_error"]) for j in jobs]
+        assert all(j.status == "done" and j.attempts == 1 for j in jobs), \
+            [(j.status, j.attempts, j.last_error) for j in jobs]
         assert len(wix.drafts) == 26
         await assert_no_secret_anywhere(wix, tmp_path, pool)
 
@@ -166,7 +166,7 @@ async def test_two_hundred_jobs_of_one_site_make_one_token_request(
         workers(2, **app_settings(wix, worker_concurrency=16, max_inflight_per_tenant=40))
         ids = await enqueue(client, "big-store", 200)
         jobs = await all_finished(client, ids, timeout=240)
-        assert all(j["status"] == "done" for j in jobs), {j["last_error"] for j in jobs}
+        assert all(j.status == "done" for j in jobs), {j.last_error for j in jobs}
         assert wix.token_requests == 1 and len(wix.issued) == 1
         (token,) = wix.issued
         assert len(wix.drafts) == 200 and {d["token"] for d in wix.drafts.values()} == {token}
@@ -181,7 +181,7 @@ async def test_a_removed_installation_fails_only_that_tenants_jobs(
         await client.put_wix_installation("shop-kept", {"instance_id": kept})
         workers(2, **app_settings(wix))
         before = await enqueue(client, "shop-gone", 2) + await enqueue(client, "shop-kept", 2)
-        assert all(j["status"] == "done" for j in await all_finished(client, before))
+        assert all(j.status == "done" for j in await all_finished(client, before))
         wix.remove(gone)  # the merchant removes the app: its token stops working, no new one is given
         requests_before = wix.token_requests
         lost = await enqueue(client, "shop-gone", 6)
@@ -189,10 +189,10 @@ async def test_a_removed_installation_fails_only_that_tenants_jobs(
         lost_jobs = await all_finished(client, lost)
         fine_jobs = await all_finished(client, fine)
         for job in lost_jobs:
-            assert job["status"] == "failed" and job["error_code"] == "wix_installation_revoked"
-            assert job["attempts"] == 1  # fatal at once, no retry loop
-            assert "removed from the site" in job["last_error"] and "HTTP 403" in job["last_error"]
-        assert all(j["status"] == "done" and j["attempts"] == 1 for j in fine_jobs)
+            assert job.status == "failed" and job.error_code == "wix_installation_revoked"
+            assert job.attempts == 1  # fatal at once, no retry loop
+            assert "removed from the site" in job.last_error and "HTTP 403" in job.last_error
+        assert all(j.status == "done" and j.attempts == 1 for j in fine_jobs)
         # One refused token request; the site's other jobs learnt it from the shared cache.
         assert wix.token_requests - requests_before == 1
         assert all(wix.drafts[i]["siteId"] == "site-kept" for i in fine)
@@ -205,8 +205,8 @@ async def test_an_unlinked_tenant_fails_clearly(client: Client, workers: Any) ->
         workers(1, **app_settings(wix))
         (job_id,) = await enqueue(client, "shop-new", 1)
         (job,) = await all_finished(client, [job_id])
-    assert job["status"] == "failed" and job["error_code"] == "wix_not_linked" and job["attempts"] == 1
-    assert "PUT /v1/wix-installation" in job["last_error"] and wix.token_requests == 0
+    assert job.status == "failed" and job.error_code == "wix_not_linked" and job.attempts == 1
+    assert "PUT /v1/wix-installation" in job.last_error and wix.token_requests == 0
 
 
 # -- the token cache in one process (no workers): the documented refusals, the stampede ------------
@@ -277,11 +277,11 @@ async def test_wix_calls_pass_a_limiter_bucket_per_site(client: Client, workers:
         await client.put_wix_installation("shop-b", {"instance_id": b})
         workers(1, **app_settings(wix, rate_limits=limits))
         warm = await enqueue(client, "shop-a", 3) + await enqueue(client, "shop-b", 2)
-        assert all(j["status"] == "done" for j in await all_finished(client, warm))
+        assert all(j.status == "done" for j in await all_finished(client, warm))
         wix.script("429")  # the next Wix call (a draft of site A: both tokens are cached) is refused once
         (late,) = await enqueue(client, "shop-a", 1)
         (job,) = await all_finished(client, [late])
-        assert job["status"] == "done" and job["attempts"] == 1
+        assert job.status == "done" and job.attempts == 1
         redis = wixauth._proc(settings).redis
         stats = {s["key_hash"]: s for s in await ratelimit.bucket_stats(redis, settings.replace(rate_limits=limits))
                  if s["provider"] == "wix"}

@@ -128,11 +128,11 @@ async def test_an_installation_registered_by_webhook_publishes(api: Api, setting
         workers(1, publisher="wix", wix_base_url=wix.url, wix_app_id=APP_ID, wix_app_secret=APP_SECRET)
         bq = Client(conf, pool)
         out = await bq.enqueue(inst, keyword_jobs(1, image=False))
-        job_id = out["jobs"][0]["id"]
+        job_id = out.jobs[0].id
 
         async def finished() -> dict[str, Any] | None:
             job = await bq.get_job(job_id)
-            return job if job["status"] in ("done", "failed") else None
+            return job if job.status in ("done", "failed") else None
         job = await wait_until(finished, what="the job to finish")
-        assert job["status"] == "done", job["last_error"]
+        assert job.status == "done", job.last_error
         assert wix.drafts[job_id]["siteId"] == "site-hooked"

@@ -156,7 +156,7 @@ class Chaos:
                                  "model": "offline:flaky-1" if flaky else self.plan.model,
                                  "priority": self.rng.choice((0, 0, 0, 5))})
                 out = await self.client.enqueue(tenant, jobs, user_id=user)
-                self.batches.append((tenant, out["batch_id"]))
+                self.batches.append((tenant, out.batch_id))
         self.log(f"enqueued {self.plan.jobs} jobs for {self.plan.tenants} tenants, sizes {sizes}")
 
     async def _kill(self) -> None:
@@ -197,8 +197,7 @@ class Chaos:
                                            "('running', 'queued', 'dispatched') ORDER BY random() LIMIT 1")
             if row is None:
                 return
-            out = await self.client.stop_job(str(row["id"]), row["tenant_id"])
-            out = {k: v for k, v in out.items() if k != "job"}
+            out = (await self.client.stop_job(str(row["id"]), row["tenant_id"])).model_copy(update={"job": None})
             self.stopped_jobs.add(str(row["id"]))
         self.log(f"stop {choice}: {out}")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from blogqueue import tokens
 from blogqueue.tokens import Principal
 
 from .errors import Forbidden, Unauthorized
@@ -21,7 +20,7 @@ async def authenticate(request: Request) -> Principal:
         raise Unauthorized("missing bearer token: send Authorization: Bearer <token>")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("the Authorization header must be: Bearer <token>")
-    principal = await tokens.verify(request.app.state.client.pool, token.strip())
+    principal = await request.app.state.client.verify_token(token.strip())
     if principal is None:
         raise Unauthorized("invalid or revoked token")
     request.state.tenant = principal.tenant_id

@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from blogqueue.client import Client
+
 from .errors import error_response
 
 
@@ -22,7 +24,7 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     client = request.app.state.client
     timeout = client.settings.ready_timeout_seconds
-    pg, rd = await asyncio.gather(_check_pg(client.pool, timeout), _check_redis(client.settings.redis_url, timeout))
+    pg, rd = await asyncio.gather(_check_pg(client, timeout), _check_redis(client.settings.redis_url, timeout))
     checks = {"postgresql": pg, "redis": rd}
     failing = [name for name, result in checks.items() if result != "ok"]
     if failing:
@@ -31,10 +33,10 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-async def _check_pg(pool, timeout: float) -> str:  # type: ignore[no-untyped-def]
+async def _check_pg(client: Client, timeout: float) -> str:
     try:
         async with asyncio.timeout(timeout):
-            await pool.fetchval("SELECT 1")
+            await client.ping()
         return "ok"
     except Exception as exc:  # any failure means not ready; the class name says which
         return f"error: {type(exc).__name__}"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from blogqueue.client import Client
 from blogqueue.errors import InvalidInput
@@ -24,10 +25,16 @@ LIST_PARAMS = {"status", "batch_id", "limit", "cursor"}
 
 
 def _client(request: Request) -> Client:
-    return request.app.state.client
+    client: Client = request.app.state.client
+    return client
 
 
-async def create_jobs(request: Request) -> JSONResponse:
+def _answer(model: BaseModel, status_code: int = 200) -> Response:
+    """A library result as the JSON body (the models' JSON is the contract's)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+async def create_jobs(request: Request) -> Response:
     principal = await authenticate(request)
     client = _client(request)
     body = await read_json(request, client.settings)
@@ -43,10 +50,10 @@ async def create_jobs(request: Request) -> JSONResponse:
     elif not isinstance(body, dict):
         raise InvalidInput("the body must be a job object or {\"jobs\": [...]}", details={"field": "body"})
     out = await client.enqueue(principal.tenant_id, jobs, user_id=principal.user_id)
-    return JSONResponse(out, status_code=202)
+    return _answer(out, 202)
 
 
-async def list_jobs(request: Request) -> JSONResponse:
+async def list_jobs(request: Request) -> Response:
     principal = await authenticate(request)
     params = request.query_params
     unknown = sorted(set(params) - LIST_PARAMS)
@@ -60,33 +67,33 @@ async def list_jobs(request: Request) -> JSONResponse:
     out = await _client(request).list_jobs(
         principal.scope, status=params.get("status") or None, batch_id=params.get("batch_id") or None,
         limit=limit, cursor=params.get("cursor") or None)
-    return JSONResponse(out)
+    return _answer(out)
 
 
-async def get_job(request: Request) -> JSONResponse:
+async def get_job(request: Request) -> Response:
     principal = await authenticate(request)
-    return JSONResponse(await _client(request).get_job(request.path_params["job_id"], principal.scope))
+    return _answer(await _client(request).get_job(request.path_params["job_id"], principal.scope))
 
 
-async def stop_job(request: Request) -> JSONResponse:
+async def stop_job(request: Request) -> Response:
     principal = await authenticate(request)
-    return JSONResponse(await _client(request).stop_job(request.path_params["job_id"], principal.scope))
+    return _answer(await _client(request).stop_job(request.path_params["job_id"], principal.scope))
 
 
-async def get_batch(request: Request) -> JSONResponse:
+async def get_batch(request: Request) -> Response:
     principal = await authenticate(request)
-    return JSONResponse(await _client(request).get_batch(request.path_params["batch_id"], principal.scope))
+    return _answer(await _client(request).get_batch(request.path_params["batch_id"], principal.scope))
 
 
-async def stop_batch(request: Request) -> JSONResponse:
+async def stop_batch(request: Request) -> Response:
     principal = await authenticate(request)
-    return JSONResponse(await _client(request).stop_batch(request.path_params["batch_id"], principal.scope))
+    return _answer(await _client(request).stop_batch(request.path_params["batch_id"], principal.scope))
 
 
-async def stop_tenant(request: Request) -> JSONResponse:
+async def stop_tenant(request: Request) -> Response:
     """Stops the caller's own tenant, admin or not: stopping every tenant is not an HTTP call."""
     principal = await authenticate(request)
-    return JSONResponse(await _client(request).stop_tenant(principal.tenant_id))
+    return _answer(await _client(request).stop_tenant(principal.tenant_id))
 
 
 async def credits(request: Request) -> JSONResponse:

@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blogqueue import db
 from blogqueue.app import App, load
 from blogqueue.client import Client
 from blogqueue.settings import Settings
@@ -88,19 +87,18 @@ def create_app(settings: Settings, bq_app: App | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # timeout: a connection attempt to a dead PostgreSQL fails fast into a 503.
-        pool = await db.create_pool(settings, min_size=0, timeout=5)
-        app.state.client = Client(settings, pool, owns_pool=True, app=bq_app)
-        # For the metrics' rate-limit buckets. Connections are made lazily, so the
-        # service starts while Redis is down; the timeouts keep a dead Redis from
-        # holding a metrics request.
-        app.state.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.ready_timeout_seconds,
-            socket_connect_timeout=settings.ready_timeout_seconds)
-        try:
-            yield
-        finally:
-            await app.state.redis.aclose()
-            await app.state.client.close()
+        async with Client.open(settings, bq_app, min_size=0, timeout=5) as client:
+            app.state.client = client
+            # For the metrics' rate-limit buckets. Connections are made lazily, so the
+            # service starts while Redis is down; the timeouts keep a dead Redis from
+            # holding a metrics request.
+            app.state.redis = aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=settings.ready_timeout_seconds,
+                socket_connect_timeout=settings.ready_timeout_seconds)
+            try:
+                yield
+            finally:
+                await app.state.redis.aclose()
 
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.bq_app = bq_app

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from blogqueue import metrics, ratelimit
+from blogqueue import ratelimit
 from blogqueue.settings import Settings
 
 from .auth import authenticate_admin
@@ -33,7 +33,7 @@ log = structlog.get_logger("blogqueue.service")
 
 async def _collect(request: Request) -> dict[str, Any]:
     client = request.app.state.client
-    data = await metrics.collect(client.pool, client.settings)
+    data = await client.metrics()
     data["buckets"], data["redis_reachable"] = await _buckets(request.app.state.redis, client.settings)
     return data
 
@@ -104,7 +104,7 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("blogqueue_ready_jobs", "Jobs ready to dispatch", value=d["dispatcher"]["ready"])
 
         labels = ["worker", "hostname"]
-        fams = {
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "heartbeat": GaugeMetricFamily("blogqueue_worker_heartbeat_age_seconds",
                                            "Seconds since the worker's last heartbeat", labels=labels),
             "in_flight": GaugeMetricFamily("blogqueue_worker_in_flight_jobs", "Jobs running in the worker",
@@ -148,7 +148,7 @@ def bucket_families(buckets: list[dict[str, Any]], reachable: bool) -> Iterator[
     def c(name: str, doc: str) -> CounterMetricFamily:
         return CounterMetricFamily(f"blogqueue_ratelimit_{name}", doc, labels=labels)
 
-    fams = {
+    fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "rpm": g("limit_requests_per_minute", "Configured requests per minute (absent: no limit)"),
         "tpm": g("limit_tokens_per_minute", "Configured tokens per minute (absent: no limit)"),
         "requests": g("used_requests", "Requests in the last 60 s"),

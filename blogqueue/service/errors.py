@@ -1,8 +1,9 @@
 """The contract's error format, `{"error": {"code", "message", "details"}}`, for every refusal.
 
-Library refusals (`BlogqueueError`) carry their own status and code; the
-service adds the few that only HTTP has (400, 401, 403, 413). Losing
-PostgreSQL answers 503, never a 500 with a driver's message.
+Library refusals (`BlogqueueError`) carry a code and no HTTP status; `STATUS`
+below is the one table from code to status, including the few codes only HTTP
+has (400, 401, 403, 413). Losing PostgreSQL answers 503, never a 500 with a
+driver's message.
 """
 
 from __future__ import annotations
@@ -21,22 +22,18 @@ log = structlog.get_logger("blogqueue.service")
 
 
 class MalformedJSON(BlogqueueError):
-    status = 400
     code = "malformed_json"
 
 
 class Unauthorized(BlogqueueError):
-    status = 401
     code = "unauthorized"
 
 
 class Forbidden(BlogqueueError):
-    status = 403
     code = "forbidden"
 
 
 class BodyTooLarge(BlogqueueError):
-    status = 413
     code = "body_too_large"
 
 
@@ -48,6 +45,30 @@ DB_DOWN: tuple[type[BaseException], ...] = (
 )
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+# Code -> HTTP status (DESIGN §6), for every refusal the library or the service raises.
+STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "malformed_json": 400,
+    "unauthorized": 401,
+    "insufficient_credits": 402,
+    "forbidden": 403,
+    "not_found": 404,
+    "idempotency_conflict": 409,
+    "body_too_large": 413,
+    "invalid_input": 422,
+    "backlog_full": 429,
+    "unavailable": 503,
+}
+
+
+def status_for(exc: BlogqueueError) -> int:
+    """The status of the error's code; a code not in the table (an application's own, passed as
+    `code=`) takes the status of the nearest error class whose code is."""
+    for code in (exc.code, *(getattr(cls, "code", None) for cls in type(exc).__mro__)):
+        if code in STATUS:
+            return STATUS[code]
+    return 400
 
 
 def error_response(status: int, code: str, message: str, details: Any = None,
@@ -63,7 +84,9 @@ async def on_blogqueue_error(request: Request, exc: Exception) -> Response:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, BacklogFull) else {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="blogqueue"'
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    if isinstance(exc, BodyTooLarge):
+        headers["Connection"] = "close"  # the rest of the body, if any, is not read (bodies.py)
+    return JSONResponse(exc.to_dict(), status_code=status_for(exc), headers=headers)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
