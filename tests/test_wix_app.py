@@ -121,8 +121,9 @@ async def test_token_expiry_mid_run_refreshes_without_failing_a_job(
     """Three ways a token ends: Wix expires it early (401: one refresh, one retry), and the cache entry
     runs out before Wix's expiry (a new token before any 401). No job fails or even retries."""
     inst = instance("a")
-    # 4 s tokens: the cache keeps them 3.6 s (a tenth before Wix's expiry).
-    with app_fake({inst: "site-a"}, token_lifetime_s=4) as wix:
+    # 12 s tokens: the cache keeps them 10.8 s (a tenth before Wix's expiry), long enough that the
+    # first jobs finish inside one token's life even on a loaded machine.
+    with app_fake({inst: "site-a"}, token_lifetime_s=12) as wix:
         await client.put_wix_installation("shop-a", {"instance_id": inst})
         workers(2, **app_settings(wix, offline_latency_ms=20.0))
         first = await enqueue(client, "shop-a", 6)
@@ -145,7 +146,7 @@ async def test_token_expiry_mid_run_refreshes_without_failing_a_job(
 
         async def cache_expired() -> bool:
             return not await redis.redis.exists(token_key)
-        await wait_until(cache_expired, timeout=10, what="the cached token to run out")
+        await wait_until(cache_expired, timeout=20, what="the cached token to run out")
         third = await enqueue(client, "shop-a", 6)
         jobs = await all_finished(client, first + second + mid + third)
         assert wix.token_requests == 3 and sum(1 for c in wix.calls if c["status"] == 401) == refused
