@@ -48,7 +48,8 @@ MAX_BODY = 64 * 1024  # an app event is a few hundred bytes
 
 
 class WebhookRejected(BlogqueueError):
-    status = 401
+    """Not a webhook Wix signed (HTTP 401 in blogqueue.service.errors.STATUS)."""
+
     code = "wix_webhook_unverified"
 
 

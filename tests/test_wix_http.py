@@ -76,7 +76,7 @@ async def test_the_library_does_the_same(settings: Settings, pool: asyncpg.Pool)
     assert (await bq.put_wix_installation("shop-a", {"instance_id": INSTANCE_A}))["linked"]
     with pytest.raises(Conflict) as err:
         await bq.put_wix_installation("shop-b", {"instance_id": INSTANCE_A})
-    assert err.value.code == "wix_instance_taken" and err.value.status == 409
+    assert err.value.code == "wix_instance_taken"
     with pytest.raises(InvalidInput):
         await bq.put_wix_installation("shop-b", {"instance_id": "x"})
     assert (await bq.get_wix_installation("shop-b"))["linked"] is False

@@ -51,6 +51,7 @@ STATUS: dict[str, int] = {
     "bad_request": 400,
     "malformed_json": 400,
     "unauthorized": 401,
+    "wix_webhook_unverified": 401,
     "insufficient_credits": 402,
     "forbidden": 403,
     "not_found": 404,
