@@ -191,7 +191,7 @@ class Settings:
         For components that need the infrastructure settings (Redis, PostgreSQL, limits)
         but must not hold every other component's secrets.
         """
-        blank = {f.name: None for f in dataclasses.fields(self) if not f.repr and f.name not in keep}
+        blank: dict[str, Any] = {f.name: None for f in dataclasses.fields(self) if not f.repr and f.name not in keep}
         return dataclasses.replace(self, **blank)
 
     @property

@@ -201,7 +201,8 @@ async def _token(settings: Settings, instance_id: str, stale: str | None) -> str
                     return current
                 return await _create(settings, proc.redis, instance_id, token_key, refused_key, ad)
             finally:
-                await proc.redis.eval(_RELEASE, 1, lock_key, owner)
+                # redis-py types eval() as sync-or-async; on the asyncio client it is awaitable.
+                await proc.redis.eval(_RELEASE, 1, lock_key, owner)  # type: ignore[misc]
         if time.monotonic() > deadline:
             raise RetryableError("Wix: another worker's access-token request did not finish in time",
                                  code="wix_token_wait")

@@ -219,7 +219,7 @@ class FakeWix(FakeServer):
             return self._refuse(request, self.removed_status if removed else 404,
                                 "APP_NOT_INSTALLED" if removed else "NOT_FOUND",
                                 "the app is not installed on this site" if removed else "unknown app instance")
-        issued = Issued("wixtok-" + secrets.token_urlsafe(24), instance, site, time.time() + self.token_lifetime_s)
+        issued = Issued("wixtok-" + secrets.token_urlsafe(24), str(instance), site, time.time() + self.token_lifetime_s)
         with self.lock:
             self.issued[issued.token] = issued
         self._log(request, 200, site)
