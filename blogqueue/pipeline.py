@@ -60,22 +60,22 @@ class Run:
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
         ctx = self.ctx()
-        if r.provider == "offline":  # network-free: no bucket, its simulated 429s go straight to the engine
-            return await provider.generate_text(request, r.api_key, ctx)
-        est = ratelimit.estimate_tokens(system, prompt, max_tokens=max_tokens)
+        if r.provider == "offline" and not ratelimit.is_limited(self.settings, "offline"):
+            return await provider.generate_text(request, r.api_key, ctx)  # unlimited: 429s go to the engine
+        cost = ratelimit.text_cost(provider.limit_dimensions, system, prompt, max_tokens=max_tokens)
         return await ratelimit.limiter(self.settings).call(
-            r.provider, r.api_key, est, lambda: provider.generate_text(request, r.api_key, ctx),
-            used=lambda res: res.total_tokens, info=lambda res: res.limits)
+            r.provider, r.api_key, cost, lambda: provider.generate_text(request, r.api_key, ctx),
+            used=ratelimit.text_usage, info=lambda res: res.limits, tenant=ctx.tenant_id)
 
     async def image(self, prompt: str) -> str:
         r = await self.resolved()
         provider = providers.get(r.provider, self.settings)
         request, ctx = ImageRequest(model=r.model, prompt=prompt), self.ctx()
-        if r.provider == "offline":
+        if r.provider == "offline" and not ratelimit.is_limited(self.settings, "offline"):
             return (await provider.generate_image(request, r.api_key, ctx)).url
         result: ImageResult = await ratelimit.limiter(self.settings).call(
-            r.provider, r.api_key, 0, lambda: provider.generate_image(request, r.api_key, ctx),
-            used=lambda res: 0, info=lambda res: res.limits)
+            r.provider, r.api_key, {"rpm": 1}, lambda: provider.generate_image(request, r.api_key, ctx),
+            used=lambda res: None, info=lambda res: res.limits, tenant=ctx.tenant_id)
         return result.url
 
 

@@ -31,6 +31,7 @@ def validate(model: str) -> None:
 
 class GeminiProvider:
     name = NAME
+    limit_dimensions = ("rpm", "tpm")
 
     def __init__(self, settings: Settings) -> None:
         self.timeout = settings.provider_timeout_seconds

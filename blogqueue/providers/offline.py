@@ -43,6 +43,7 @@ def validate(model: str) -> None:
 
 class OfflineProvider:
     name = "offline"
+    limit_dimensions = ("rpm", "tpm")
 
     def __init__(self, settings: Settings) -> None:
         self.latency_s = settings.offline_latency_ms / 1000

@@ -35,6 +35,7 @@ def validate(model: str) -> None:
 
 class ReplicateProvider:
     name = NAME
+    limit_dimensions = ("rpm",)
 
     def __init__(self, settings: Settings) -> None:
         self.timeout = settings.provider_timeout_seconds
