@@ -115,6 +115,9 @@ from .settings import DIMENSIONS, RateLimit, Settings
 WINDOW_S = 60.0
 # Time allowed between our grant and the request's arrival at the provider (see the module docstring).
 ARRIVAL_MARGIN_S = 0.25
+# The burst's own margin is larger: a burst packs many calls into the arrival jitter (a fresh worker
+# process builds its SDK client and connection inside it), a minute's edge only one.
+BURST_MARGIN_S = 0.5
 STALE_WAITER_S = 2.0
 # Polls refresh a waiter's ticket; eight polls fit in the stale horizon, so a slow but live waiter keeps
 # its place. Shorter polls cost Redis time for every waiter in the line.
@@ -236,10 +239,13 @@ local function fit(c)
         end
         if ww > wd then wd = ww end
       end
+      -- A provider's figure refills at the limit's rate from when it was read, until its reset.
       local hu = tonumber(redis.call('HGET', st, 'hu' .. d) or '0')
-      if hu > now and tonumber(redis.call('HGET', st, 'g' .. d) or '0') + x >
-                      tonumber(redis.call('HGET', st, 'hc' .. d) or '0') then
-        if hu - now > wd then wd = hu - now end
+      if hu > now then
+        local short = tonumber(redis.call('HGET', st, 'g' .. d) or '0') + x
+                      - tonumber(redis.call('HGET', st, 'hc' .. d) or '0')
+                      - r * (now - tonumber(redis.call('HGET', st, 'ht' .. d) or '0'))
+        if short > 0 then wd = math.max(wd, math.min(hu - now, short / r)) end
       end
       if wd > 0 then
         blocked[d] = true
@@ -337,7 +343,7 @@ for d = 1, 4 do
   if rem >= 0 and belief >= 0 then
     local later = tonumber(redis.call('HGET', st, 'g' .. d) or '0') - g
     if rem < belief - later - slack then
-      redis.call('HSET', st, 'hc' .. d, g + rem, 'hu' .. d, now + math.max(reset, 0), 'hg' .. d, gn)
+      redis.call('HSET', st, 'hc' .. d, g + rem, 'hu' .. d, now + math.max(reset, 0), 'hg' .. d, gn, 'ht' .. d, now)
     elseif gn > tonumber(redis.call('HGET', st, 'hg' .. d) or '0') then
       redis.call('HSET', st, 'hu' .. d, 0)
     end

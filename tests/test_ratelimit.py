@@ -93,18 +93,20 @@ async def test_tokens_are_reserved_then_reconciled(settings, redis):
 
 
 async def test_provider_headers_saying_less_is_left_are_followed(settings, redis):
-    lim = make(settings, redis, rpm=6000)  # pacing far from binding
+    lim = make(settings, redis, tpm=60_000)  # 1,000 tokens/s, burst 500
     bucket = lim.bucket("openai", "sk-h")
-    g = await bucket.acquire(0, soon())
-    # the bucket believes 5,999 are left; the provider says none are, for 0.6 s
-    await bucket.settle(g, used=0, info=RateInfo(remaining_requests=0, reset_requests_s=0.6))
+    g = await bucket.acquire(100, soon())
+    # the bucket believes 59,900 are left; the provider says none are: what it has refills from now on
+    await bucket.settle(g, used=100, info=RateInfo(remaining_tokens=0, reset_tokens_s=5))
     start = time.monotonic()
-    await bucket.acquire(0, soon(5))
-    assert time.monotonic() - start >= 0.5
+    await bucket.acquire(400, soon(5))  # pacing alone would grant it at once; the header's refill: 0.4 s
+    assert time.monotonic() - start >= 0.3
     # the provider agreeing with the bucket lifts the constraint at once
-    g = await bucket.acquire(0, soon(0.2))
-    await bucket.settle(g, used=0, info=RateInfo(remaining_requests=int(g.belief[0]), reset_requests_s=30))
-    await bucket.acquire(0, soon(0.2))
+    g = await bucket.acquire(10, soon(1))
+    await bucket.settle(g, used=10, info=RateInfo(remaining_tokens=int(g.belief[1]), reset_tokens_s=30))
+    start = time.monotonic()
+    await bucket.acquire(10, soon(1))
+    assert time.monotonic() - start < 0.2
 
 
 async def test_headers_counting_our_own_later_calls_do_not_cap_the_bucket(settings, redis):
@@ -119,11 +121,12 @@ async def test_headers_counting_our_own_later_calls_do_not_cap_the_bucket(settin
     await bucket.settle(second, used=200)
     for _ in range(5):  # a cap would hold these back for the header's whole minute
         await bucket.settle(await bucket.acquire(1000, soon(0.5)), used=200)
-    # Usage the bucket cannot explain still caps it until the provider's reset.
+    # Usage the bucket cannot explain still caps it: nothing left, refilling at 5,000 tokens/s from now.
     g = await bucket.acquire(1000, soon(1))
-    await bucket.settle(g, used=200, info=RateInfo(remaining_tokens=500, reset_tokens_s=30))
-    with pytest.raises(RateLimited):
-        await bucket.acquire(1000, soon(1))
+    await bucket.settle(g, used=200, info=RateInfo(remaining_tokens=0, reset_tokens_s=30))
+    with pytest.raises(RateLimited) as info:
+        await bucket.acquire(1000, soon(0.1))
+    assert 0.1 < info.value.retry_after <= 0.2
 
 
 async def test_a_429_pauses_the_whole_bucket(settings, redis):

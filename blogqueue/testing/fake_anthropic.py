@@ -179,7 +179,9 @@ class FakeAnthropic(FakeServer):
             if "otpm" in buckets:  # the OTPM estimate is adjusted to the output really produced
                 buckets["otpm"].give(time.time(), max_tokens - out_tokens)
             headers = self._headers(buckets, time.time())
-        self.record(path, 200, in_tokens + cache_write + out_tokens, key=kh, at=arrived, input_tokens=in_tokens,
+        topic = prompt[prompt.rfind("Topic: ") + 7:].split("\n", 1)[0][:120] if "Topic: " in prompt else ""
+        self.record(path, 200, in_tokens + cache_write + out_tokens, key=kh, at=arrived, subject=topic,
+                    input_tokens=in_tokens,
                     cache_creation_input_tokens=cache_write, cache_read_input_tokens=cache_read,
                     output_tokens=out_tokens, max_tokens=max_tokens)
         return JSONResponse({
