@@ -155,7 +155,7 @@ end
 
 # KEYS: st, log, cost, wseen, winfo, ring, wdef
 # ARGV: window, id, tenant, charge, stale_s, ttl_s, burst_s, key prefix, then limit and cost of each of
-#       rpm, tpm, itpm, otpm (limit -1: not limited)
+#       rpm, tpm, itpm, otpm (limit -1: not limited), then the arrival margin
 ACQUIRE = _PRELUDE + """
 local wseen, winfo, ring, wdef = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local id, tenant, charge = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -288,7 +288,8 @@ if head == id then redis.call('HINCRBYFLOAT', wdef, tenant, -charge) end
 if redis.call('ZCARD', wseen) == 0 then
   redis.call('DEL', ring, wdef); redis.call('HSET', st, 'qmax', 0)
 end
-redis.call('ZADD', log, now, id)
+-- The provider counts the call when it arrives, up to the margin after this grant.
+redis.call('ZADD', log, now + tonumber(ARGV[17]), id)
 local out = {1, redis.call('HINCRBY', st, 'grants', 1)}
 for d = 1, 4 do
   local belief = -1
@@ -310,10 +311,17 @@ return out
 
 # KEYS: st, log, cost
 # ARGV: window, id, burst_s, pause_s (-1: no 429), grant number, then for each dimension:
-#       limit, used (-1 keeps the reservation), remaining (-1 unknown), reset_s, g at grant, belief, slack
+#       limit, used (-1 keeps the reservation), remaining (-1 unknown), reset_s, g at grant, belief, slack;
+#       then the provider's processing time (-1 unknown) and the arrival margin
 SETTLE = _PRELUDE + """
 local id, burst, pause, gn = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local processing, margin = tonumber(ARGV[34]), tonumber(ARGV[35])
 local inlog = redis.call('ZSCORE', log, id)
+if inlog and processing >= 0 then
+  -- The answer took `processing` at the provider: it arrived no later than now - processing. The entry
+  -- leaves the minute then, however long our own side took to send it (a loaded event loop, a new client).
+  redis.call('ZADD', log, math.max(tonumber(inlog) - margin, now - processing), id)
+end
 for d = 1, 4 do
   local a = 6 + (d - 1) * 7
   local lim, used = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
@@ -479,8 +487,8 @@ class Bucket:
         try:
             while True:
                 out = await r.acquire_script(keys=self.keys, args=[
-                    WINDOW_S + ARRIVAL_MARGIN_S, call_id, tenant, self.charge(c), STALE_WAITER_S,
-                    int(WINDOW_S * 10), r.settings.rate_limit_burst_seconds, self.base, *args])
+                    WINDOW_S, call_id, tenant, self.charge(c), STALE_WAITER_S,
+                    int(WINDOW_S * 10), r.settings.rate_limit_burst_seconds, self.base, *args, ARRIVAL_MARGIN_S])
                 if int(out[0]) == 1:
                     vals = [float(v) for v in out[2:]]
                     return Grant(self, call_id, int(out[1]), vals[0::2], vals[1::2])
@@ -513,9 +521,10 @@ class Bucket:
             slack = HEADER_TOKEN_SLACK if d in ("itpm", "otpm") else (1 if d == "tpm" else 0)
             args += [lim, u, -1 if rem is None else rem, -1 if reset is None else reset, grant.g[i],
                      grant.belief[i], slack]
+        processing = -1 if info.processing_s is None else info.processing_s
         await self.limiter.settle_script(keys=self.keys[:3], args=[
-            WINDOW_S + ARRIVAL_MARGIN_S, grant.id, self.limiter.settings.rate_limit_burst_seconds,
-            -1 if pause_s is None else pause_s, grant.number, *args])
+            WINDOW_S, grant.id, self.limiter.settings.rate_limit_burst_seconds,
+            -1 if pause_s is None else pause_s, grant.number, *args, processing, ARRIVAL_MARGIN_S])
 
 
 class Limiter:
@@ -592,7 +601,7 @@ async def bucket_stats(redis: aioredis.Redis, settings: Settings) -> list[dict[s
         provider, _, khash = member.partition(":")
         base = f"{settings.queue_name}:rl:{provider}:{khash}"
         sums, now, waiting, flat = await peek(keys=[f"{base}:{k}" for k in ("st", "log", "cost", "wseen")],
-                                              args=[WINDOW_S + ARRIVAL_MARGIN_S])
+                                              args=[WINDOW_S])
         h = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
              for k, v in zip(flat[::2], flat[1::2], strict=True)}
         used = dict(zip(DIMENSIONS, (float(s) for s in sums), strict=True))

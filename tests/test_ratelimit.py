@@ -202,8 +202,8 @@ async def test_a_killed_waiter_does_not_block_the_line(settings, redis):
     # A waiter that polled once and died (its process was killed): it is the head of the line.
     limits = [600, 1, -1, 0, -1, 0, -1, 0]
     out = await lim.acquire_script(keys=bucket.keys, args=[
-        ratelimit.WINDOW_S + ratelimit.ARRIVAL_MARGIN_S, "dead-waiter", "t-dead", 1, ratelimit.STALE_WAITER_S,
-        600, settings.rate_limit_burst_seconds, bucket.base, *limits])
+        ratelimit.WINDOW_S, "dead-waiter", "t-dead", 1, ratelimit.STALE_WAITER_S,
+        600, settings.rate_limit_burst_seconds, bucket.base, *limits, ratelimit.ARRIVAL_MARGIN_S])
     assert int(out[0]) == 0
     start = time.monotonic()
     await bucket.acquire(0, soon(10), tenant="t-live")

@@ -87,3 +87,6 @@ class RateInfo:
     reset_input_tokens_s: float | None = None
     remaining_output_tokens: int | None = None
     reset_output_tokens_s: float | None = None
+    # How long the provider took on the request (OpenAI's `openai-processing-ms`): the request reached it
+    # at least that long before the answer, which tells the limiter when the provider counted it.
+    processing_s: float | None = None

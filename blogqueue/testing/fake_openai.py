@@ -25,7 +25,8 @@ generation time of an admitted call. Every answer carries OpenAI's headers:
 `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`,
 `x-ratelimit-reset-requests` ("the time until the rate limit (based on
 requests) resets to its initial state", e.g. `1s`, `6m0s`, `20ms`) and the same
-three for tokens. A refused request gets 429, `retry-after` (seconds) and
+three for tokens, and `openai-processing-ms` (the time OpenAI took on the
+request). A refused request gets 429, `retry-after` (seconds) and
 `retry-after-ms`, and OpenAI's error body (`type: requests` or `tokens`,
 `code: rate_limit_exceeded`).
 
@@ -241,6 +242,7 @@ class FakeOpenAI(FakeServer):
         with self._wlock:
             window.settle(time.time(), entries, used)
         self.record(path, 200, used, key=kh, subject=subject, at=arrived, estimate=estimate)
+        headers["openai-processing-ms"] = str(int((time.time() - arrived) * 1000))
         return JSONResponse(payload, headers=headers)
 
     def calls_by_key(self) -> dict[str, int]:
