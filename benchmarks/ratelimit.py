@@ -203,7 +203,7 @@ def table(results: list[dict[str, Any]]) -> str:
             row(f"{d}: mean per full minute", lambda r, d=d: (
                 f"{r['dims'][d]['mean_per_min_backlogged']:,.0f} ({r['dims'][d]['utilisation']:.1%})"
                 if d in r["dims"] and r["dims"][d]["utilisation"] is not None else "-"))
-    row("full minutes measured", lambda r: str(r["dims"][r["binding"]]["full_minutes"]))
+    row("full rolling minutes (0.5 s apart)", lambda r: str(r["dims"][r["binding"]]["full_minutes"]))
     row("BINDING limit utilisation", lambda r: f"{r['binding']} {r['utilisation_binding'] or 0:.1%}")
     row("tokens per tenant", lambda r: " / ".join(f"{v:,}" for v in r["tokens_per_tenant"].values()))
     widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]

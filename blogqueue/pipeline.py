@@ -62,7 +62,8 @@ class Run:
         ctx = self.ctx()
         if r.provider == "offline" and not ratelimit.is_limited(self.settings, "offline"):
             return await provider.generate_text(request, r.api_key, ctx)  # unlimited: 429s go to the engine
-        cost = ratelimit.text_cost(provider.limit_dimensions, system, prompt, max_tokens=max_tokens)
+        dims = getattr(provider, "limit_dimensions", ("rpm", "tpm"))
+        cost = ratelimit.text_cost(dims, system, prompt, max_tokens=max_tokens)
         return await ratelimit.limiter(self.settings).call(
             r.provider, r.api_key, cost, lambda: provider.generate_text(request, r.api_key, ctx),
             used=ratelimit.text_usage, info=lambda res: res.limits, tenant=ctx.tenant_id)

@@ -611,8 +611,7 @@ async def bucket_stats(redis: aioredis.Redis, settings: Settings) -> list[dict[s
         utils = [used[d] / n for d, n in dims.items()]
         limit: dict[str, int | None] = {"rpm": lim.rpm, "tpm": lim.tpm}
         shown: dict[str, int] = {"requests": int(used["rpm"]),
-                                 "tokens": round(used["tpm"] if lim.tpm or not (lim.itpm or lim.otpm)
-                                                 else used["itpm"] + used["otpm"])}
+                                 "tokens": round(used["tpm"] or used["itpm"] + used["otpm"])}
         for d, name in (("itpm", "input_tokens"), ("otpm", "output_tokens")):
             if getattr(lim, d) is not None:
                 limit[d] = getattr(lim, d)
