@@ -23,7 +23,7 @@ idle). On top of that, each dimension keeps the calls of the last
 `60 s + ARRIVAL_MARGIN_S` in a log and never lets that minute hold more than
 the limit, because OpenAI's default enforcement is per minute.
 
-Why the default burst is 0.75 s, not the provider's 1 s (the off-by-one). A
+Why the default burst is 0.5 s, not the provider's 1 s (the off-by-one). A
 provider that enforces a limit L per minute "quantized" (OpenAI: "60,000
 requests/minute may be enforced as 1,000 requests/second") or as a
 continuously refilled token bucket (Anthropic) admits an arrival curve of at
@@ -32,17 +32,22 @@ Our grants obey `B + r*t`. A request reaches the provider some time after its
 grant: between 0 and J (event loop, connection, TLS, network). Shifting
 arrivals by up to J can pack `B + r*(t + J)` into an interval t. So zero 429s
 need `B + r*J <= B_p`, i.e. `B <= B_p - r*J`: our burst must be the provider's
-minus the jitter we allow for. `ARRIVAL_MARGIN_S = 0.25 s` is generous for a
-call that starts within milliseconds of its grant and covers a loaded event
-loop; hence B = 1 s - 0.25 s = 0.75 s (`RATE_LIMIT_BURST_SECONDS`). The RATE
-stays exactly r, so a backlogged bucket still runs at 100 % of the limit: the
+minus the jitter we allow for. A call normally starts within milliseconds of
+its grant, but a fresh worker process builds its SDK client and connection
+inside that time and a loaded event loop adds more, so `BURST_MARGIN_S` is
+0.5 s: B = 1 s - 0.5 s = 0.5 s (`RATE_LIMIT_BURST_SECONDS`). The RATE stays
+exactly r, so a backlogged bucket still runs at 100 % of the limit: the
 margin costs burst, not throughput. The per-minute log has the same
-off-by-one: the provider counts a call at its arrival, up to J after our
-grant, so a log entry stays `60 s + J`; steady throughput under a rolling
-minute is then `L * 60 / 60.25` = 99.6 % of the limit. Evenly spaced grants at
-exactly the limit with no margin would put a 61st-second's call into the
-provider's minute now and then, and under a quantized limit any jitter
-would 429: the margin is what lets 0 x 429 and >= 99 % hold together.
+off-by-one: the provider counts a call at its arrival, after our grant, so a
+log entry stays 60 s from `grant + ARRIVAL_MARGIN_S` (0.25 s), and once the
+answer says how long the provider worked on it (OpenAI's
+`openai-processing-ms`) from `answer - processing`, an upper bound of the
+arrival however slow our side was to send it. Steady throughput under a
+rolling minute is then about `L * 60 / 60.25` = 99.6 % of the limit. Evenly
+spaced grants at exactly the limit with no margin would put a 61st second's
+call into the provider's minute now and then, and under a quantized limit
+any jitter would 429: the margins are what let 0 x 429 and >= 99 % hold
+together.
 
 **A 429** keeps the request counted, pauses the whole bucket for the time the
 provider asked, and sets every dimension's `tat` to the pause's end plus the
@@ -66,11 +71,10 @@ if the deficit covers the call's charge, which is then subtracted. Otherwise
 the tenant gets a quantum added and goes to the back of the ring. A tenant
 whose queue empties leaves the ring and loses its deficit. The charge is the
 call's reserved tokens (on the bucket's limited token dimensions; 1 per call
-when the bucket limits only requests), so over any backlogged period each
-tenant is granted the same tokens within one quantum (DRR's bound: the
-difference between two backlogged tenants' service is below quantum + the
-largest charge), whatever the size of their calls: a tenant whose calls are
-4x larger gets a quarter of the calls. DRR rather than a virtual-time fair
+when the bucket limits only requests), so over any period in which two
+tenants stay backlogged they are granted the same tokens within a quantum and
+two calls (DRR's bound), whatever the size of their calls: a tenant whose
+calls are 4x larger gets a quarter of the calls. DRR rather than a virtual-time fair
 queue because it needs O(1) state per tenant (a deficit) and O(1) work per
 grant in a Lua script, no per-call virtual finish times to keep consistent
 across processes. The quantum is the largest charge of the current line, so
@@ -120,11 +124,11 @@ ARRIVAL_MARGIN_S = 0.25
 BURST_MARGIN_S = 0.5
 STALE_WAITER_S = 2.0
 # Polls refresh a waiter's ticket; eight polls fit in the stale horizon, so a slow but live waiter keeps
-# its place. Shorter polls cost Redis time for every waiter in the line.
+# its place, and a killed one holds the line for 2 s at most. Shorter polls cost Redis time per waiter.
 MAX_POLL_S = 0.25
 MIN_POLL_S = 0.005
 # A waiter that is not the head polls this often while the head's turn has come but it has not polled:
-# the burst (0.75 s of the limit) absorbs the hand-over, so a tenth of a second loses no capacity.
+# the burst (0.5 s of the limit) absorbs the hand-over, so a tenth of a second loses no capacity.
 NONHEAD_POLL_S = 0.1
 HEADER_TOKEN_SLACK = 1000
 TOKEN_DIMS = ("tpm", "itpm", "otpm")

@@ -173,7 +173,7 @@ async def test_the_line_is_token_fair_by_tenant(settings, redis):
     lim = make(settings, redis, tpm=600_000)  # 10,000 tokens/s
     bucket = lim.bucket("openai", "sk-fair")
     g = await bucket.acquire(100, soon())
-    await bucket.settle(g, used=100, pause_s=0.5)  # hold everyone until the line has formed
+    await bucket.settle(g, used=100, pause_s=2.0)  # hold everyone until the line has formed
     order: list[tuple[str, int]] = []
 
     async def take(tenant: str, tokens: int) -> None:
