@@ -176,6 +176,18 @@ local function remove(m)
 end
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', wseen, '-inf', now - stale)) do remove(m) end
 
+local margin = tonumber(ARGV[17])
+local gkey, gseen = base .. ':granted', base .. ':gseen'
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', gseen, '-inf', now - 5 * stale)) do  -- never picked up
+  redis.call('HDEL', gkey, m); redis.call('ZREM', gseen, m)
+end
+local ready = redis.call('HGET', gkey, id)
+if ready then
+  redis.call('HDEL', gkey, id); redis.call('ZREM', gseen, id)
+  if redis.call('ZSCORE', log, id) then redis.call('ZADD', log, now + margin, id) end
+  return cjson.decode(ready)
+end
+
 local first = false
 if not redis.call('HGET', winfo, id .. ':t') then
   first = true
@@ -263,54 +275,75 @@ end
 local function touch()
   for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
   redis.call('EXPIRE', wkey(tenant), ttl)
+  redis.call('EXPIRE', gkey, ttl); redis.call('EXPIRE', gseen, ttl)
 end
 
-local head = next_head() or id
-local mine = fit(C)
-local go = false
-local wait = mine
-if head == id then
-  go = mine <= 0
-else
-  local hc = {}
-  for d = 1, 4 do hc[d] = tonumber(redis.call('HGET', winfo, head .. ':' .. d) or '0') end
-  local hw, hblocked = fit(hc)
-  if mine <= 0 and hw > 0 and paused <= now then
-    go = true
-    for d = 1, 4 do if hblocked[d] and C[d] > 0 then go = false end end
+-- Grants `w` (costs `c`, tenant `tn`, line charge `q`): the paced buckets, the minute's log, the line.
+local function grant(w, c, tn, q, head)
+  remove(w)
+  if head then redis.call('HINCRBYFLOAT', wdef, tn, -q) end
+  -- The provider counts the call when it arrives, up to the margin after this grant.
+  redis.call('ZADD', log, now + margin, w)
+  local out = {1, redis.call('HINCRBY', st, 'grants', 1)}
+  for d = 1, 4 do
+    local belief = -1
+    if c[d] > 0 then
+      redis.call('HSET', cost, w .. ':' .. d, c[d])
+      local sum = tonumber(redis.call('HINCRBYFLOAT', st, 'sum' .. d, c[d]))
+      if L[d] >= 0 then
+        local tat = math.max(tonumber(redis.call('HGET', st, 'tat' .. d) or '0'), now)
+        redis.call('HSET', st, 'tat' .. d, tat + math.min(c[d], L[d]) / (L[d] / 60))
+        belief = L[d] - sum
+      end
+    end
+    out[#out + 1] = redis.call('HINCRBYFLOAT', st, 'g' .. d, c[d])
+    out[#out + 1] = tostring(belief)
   end
-  wait = math.max(hw, NONHEAD_POLL)
-end
-if not go then
-  if first then redis.call('HINCRBY', st, 'waits', 1) end
-  touch()
-  return {0, tostring(math.max(wait, MIN_POLL)), tostring(mine)}
+  return out
 end
 
-remove(id)
-if head == id then redis.call('HINCRBYFLOAT', wdef, tenant, -charge) end
+local function costs_of(w)
+  local c = {}
+  for d = 1, 4 do c[d] = tonumber(redis.call('HGET', winfo, w .. ':' .. d) or '0') end
+  return c
+end
+
+-- Whoever polls grants every head whose turn has come, in the line's order: the bucket's rate does not
+-- depend on the head polling at the right moment. A head granted for another waiter finds its grant at
+-- its next poll (the log entry then moves to that time).
+local result, wait = nil, 0
+for _ = 1, 64 do
+  local head = next_head()
+  if not head then break end
+  local hc = costs_of(head)
+  local hw, hblocked = fit(hc)
+  if hw > 0 then
+    -- A call that costs nothing on what the head waits for (an image while it waits for tokens) goes.
+    if head ~= id and paused <= now then
+      local free = fit(C) <= 0
+      for d = 1, 4 do if hblocked[d] and C[d] > 0 then free = false end end
+      if free then result = grant(id, C, tenant, charge, false) end
+    end
+    wait = hw
+    break
+  end
+  local tn, q = redis.call('HGET', winfo, head .. ':t'), tonumber(redis.call('HGET', winfo, head .. ':q'))
+  local out = grant(head, hc, tn, q, true)
+  if head == id then result = out else
+    redis.call('HSET', gkey, head, cjson.encode(out)); redis.call('ZADD', gseen, now, head)
+  end
+end
 if redis.call('ZCARD', wseen) == 0 then
   redis.call('DEL', ring, wdef); redis.call('HSET', st, 'qmax', 0)
 end
--- The provider counts the call when it arrives, up to the margin after this grant.
-redis.call('ZADD', log, now + tonumber(ARGV[17]), id)
-local out = {1, redis.call('HINCRBY', st, 'grants', 1)}
-for d = 1, 4 do
-  local belief = -1
-  if C[d] > 0 then
-    redis.call('HSET', cost, id .. ':' .. d, C[d])
-    local sum = tonumber(redis.call('HINCRBYFLOAT', st, 'sum' .. d, C[d]))
-    if L[d] >= 0 then
-      local tat = math.max(tonumber(redis.call('HGET', st, 'tat' .. d) or '0'), now)
-      redis.call('HSET', st, 'tat' .. d, tat + math.min(C[d], L[d]) / (L[d] / 60))
-      belief = L[d] - sum
-    end
-  end
-  out[#out + 1] = redis.call('HINCRBYFLOAT', st, 'g' .. d, C[d])
-  out[#out + 1] = tostring(belief)
-end
 touch()
-return out
+if result then return result end
+if first then redis.call('HINCRBY', st, 'waits', 1) end
+local mine = fit(C)
+if redis.call('LINDEX', ring, 0) and redis.call('ZRANGE', wkey(redis.call('LINDEX', ring, 0)), 0, 0)[1] ~= id then
+  wait = math.max(wait, NONHEAD_POLL)
+end
+return {0, tostring(math.max(wait, MIN_POLL)), tostring(mine)}
 """.replace("NONHEAD_POLL", str(NONHEAD_POLL_S)).replace("MIN_POLL", str(MIN_POLL_S))
 
 # KEYS: st, log, cost
