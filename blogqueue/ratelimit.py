@@ -23,7 +23,7 @@ idle). On top of that, each dimension keeps the calls of the last
 `60 s + ARRIVAL_MARGIN_S` in a log and never lets that minute hold more than
 the limit, because OpenAI's default enforcement is per minute.
 
-Why the default burst is 0.5 s, not the provider's 1 s (the off-by-one). A
+Why the default burst is 0.25 s, not the provider's 1 s (the off-by-one). A
 provider that enforces a limit L per minute "quantized" (OpenAI: "60,000
 requests/minute may be enforced as 1,000 requests/second") or as a
 continuously refilled token bucket (Anthropic) admits an arrival curve of at
@@ -34,10 +34,16 @@ arrivals by up to J can pack `B + r*(t + J)` into an interval t. So zero 429s
 need `B + r*J <= B_p`, i.e. `B <= B_p - r*J`: our burst must be the provider's
 minus the jitter we allow for. A call normally starts within milliseconds of
 its grant, but a fresh worker process builds its SDK client and connection
-inside that time and a loaded event loop adds more, so `BURST_MARGIN_S` is
-0.5 s: B = 1 s - 0.5 s = 0.5 s (`RATE_LIMIT_BURST_SECONDS`). The RATE stays
-exactly r, so a backlogged bucket still runs at 100 % of the limit: the
-margin costs burst, not throughput. The per-minute log has the same
+inside that time, a loaded event loop adds more, and a waiter granted by
+another's poll picks its grant up at its own next poll (up to 0.25 s), so
+`BURST_MARGIN_S` is 0.75 s: B = 1 s - 0.75 s = 0.25 s
+(`RATE_LIMIT_BURST_SECONDS`). The RATE stays exactly r, so a backlogged
+bucket still runs at 100 % of the limit: the margin costs burst, not
+throughput (and since any poll grants every head whose turn has come, the
+burst is not needed to absorb late polls). A call bigger than the burst
+(x/r > B) is granted only after the bucket has been idle for its excess, at
+most the margin: then no earlier grant can still be on its way, and a full
+provider second holds it. The per-minute log has the same
 off-by-one: the provider counts a call at its arrival, after our grant, so a
 log entry stays 60 s from `grant + ARRIVAL_MARGIN_S` (0.25 s), and once the
 answer says how long the provider worked on it (OpenAI's
@@ -82,9 +88,12 @@ a tenant never needs two rotations for one call. A call that costs nothing on
 the dimensions the head is waiting for (an image while the head waits for
 tokens) is not held behind it.
 
-Only the head is granted, so a waiter that stops polling (killed process)
-would hold the line: every waiter refreshes its ticket at each poll (at most
-every `MAX_POLL_S`) and tickets not refreshed for `STALE_WAITER_S` are
+Any waiter's poll grants every head whose turn has come, in the line's order
+(a head granted this way finds its grant at its next poll), so the bucket's
+rate does not depend on the head polling at the right moment, and a waiter
+that stops polling (killed process) cannot hold the line: its turn is granted
+and never picked up (one call's capacity lost), and tickets not refreshed for
+`STALE_WAITER_S` (every poll refreshes, at most `MAX_POLL_S` apart) are
 dropped by the next acquisition. Stop cancels the task, which ends the wait at
 once and removes the ticket. Waiting is bounded by
 `RATE_LIMIT_MAX_WAIT_SECONDS`: when a call's own expected wait (ignoring the
@@ -120,15 +129,16 @@ WINDOW_S = 60.0
 # Time allowed between our grant and the request's arrival at the provider (see the module docstring).
 ARRIVAL_MARGIN_S = 0.25
 # The burst's own margin is larger: a burst packs many calls into the arrival jitter (a fresh worker
-# process builds its SDK client and connection inside it), a minute's edge only one.
-BURST_MARGIN_S = 0.5
+# process builds its SDK client and connection inside it, a waiter granted by another's poll picks its
+# grant up at its next poll), a minute's edge only one. With the default burst: 0.25 + 0.75 = 1 s.
+BURST_MARGIN_S = 0.75
 STALE_WAITER_S = 2.0
 # Polls refresh a waiter's ticket; eight polls fit in the stale horizon, so a slow but live waiter keeps
 # its place, and a killed one holds the line for 2 s at most. Shorter polls cost Redis time per waiter.
 MAX_POLL_S = 0.25
 MIN_POLL_S = 0.005
 # A waiter that is not the head polls this often while the head's turn has come but it has not polled:
-# the burst (0.5 s of the limit) absorbs the hand-over, so a tenth of a second loses no capacity.
+# its grant is made by whoever polls first, so this only bounds how late a granted waiter picks it up.
 NONHEAD_POLL_S = 0.1
 HEADER_TOKEN_SLACK = 1000
 TOKEN_DIMS = ("tpm", "itpm", "otpm")
@@ -234,11 +244,11 @@ local function fit(c)
       x = math.min(x, L[d])
       local r = L[d] / 60
       local wd = 0
+      -- Room for x within the burst. A call bigger than the burst needs the bucket idle for its excess
+      -- (at most the arrival margin): then no earlier grant can still be on its way to the provider.
       local tat = tonumber(redis.call('HGET', st, 'tat' .. d) or '0')
-      if tat > now then  -- a call bigger than the burst goes alone, when the bucket is idle
-        local need = tat - now - math.max(burst - x / r, 0)
-        if need > 0 then wd = need end
-      end
+      local need = tat - now + math.min(x / r - burst, BURST_MARGIN)
+      if need > 0 then wd = need end
       local over = tonumber(redis.call('HGET', st, 'sum' .. d) or '0') + x - L[d]
       if over > 1e-6 then
         local freed, i, ww = 0, 0, window
@@ -344,7 +354,8 @@ if redis.call('LINDEX', ring, 0) and redis.call('ZRANGE', wkey(redis.call('LINDE
   wait = math.max(wait, NONHEAD_POLL)
 end
 return {0, tostring(math.max(wait, MIN_POLL)), tostring(mine)}
-""".replace("NONHEAD_POLL", str(NONHEAD_POLL_S)).replace("MIN_POLL", str(MIN_POLL_S))
+""".replace("NONHEAD_POLL", str(NONHEAD_POLL_S)).replace("MIN_POLL", str(MIN_POLL_S)).replace(
+    "BURST_MARGIN", str(BURST_MARGIN_S))
 
 # KEYS: st, log, cost
 # ARGV: window, id, burst_s, pause_s (-1: no 429), grant number, then for each dimension:

@@ -106,8 +106,8 @@ class Settings:
     # Providers, AI settings and the shared rate limiter (issue 5; docs/providers.md).
     provider_timeout_seconds: float = 60.0
     rate_limit_max_wait_seconds: float = 30.0
-    # The limiter's own burst, in seconds of each limit (ratelimit.py explains the 0.5 s default).
-    rate_limit_burst_seconds: float = 0.5
+    # The limiter's own burst, in seconds of each limit (ratelimit.py explains the 0.25 s default).
+    rate_limit_burst_seconds: float = 0.25
     secret_key_previous: str | None = field(default=None, repr=False)
 
     @classmethod
