@@ -64,6 +64,7 @@ class Run:
             return await provider.generate_text(request, r.api_key, ctx)  # unlimited: 429s go to the engine
         dims = getattr(provider, "limit_dimensions", ("rpm", "tpm"))
         cost = ratelimit.text_cost(dims, system, prompt, max_tokens=max_tokens)
+        ratelimit.warm(provider, r.api_key)
         return await ratelimit.limiter(self.settings).call(
             r.provider, r.api_key, cost, lambda: provider.generate_text(request, r.api_key, ctx),
             used=ratelimit.text_usage, info=lambda res: res.limits, tenant=ctx.tenant_id)
@@ -74,6 +75,7 @@ class Run:
         request, ctx = ImageRequest(model=r.model, prompt=prompt), self.ctx()
         if r.provider == "offline" and not ratelimit.is_limited(self.settings, "offline"):
             return (await provider.generate_image(request, r.api_key, ctx)).url
+        ratelimit.warm(provider, r.api_key)
         result: ImageResult = await ratelimit.limiter(self.settings).call(
             r.provider, r.api_key, {"rpm": 1}, lambda: provider.generate_image(request, r.api_key, ctx),
             used=lambda res: None, info=lambda res: res.limits, tenant=ctx.tenant_id)

@@ -477,6 +477,18 @@ def text_usage(result: TextResult) -> dict[str, int]:
             "otpm": result.completion_tokens}
 
 
+def warm(provider: object, api_key: str | None) -> None:
+    """Builds the adapter's SDK client for this key before the call asks for a grant.
+
+    A fresh client takes a second on a loaded machine (an HTTP pool, an SSL context): built after
+    the grant, that second would sit between the grant and the request's arrival at the provider,
+    past the margin the pacing allows for (see the module docstring).
+    """
+    clients = getattr(provider, "clients", None)
+    if api_key and clients is not None and hasattr(clients, "get"):
+        clients.get(api_key)
+
+
 def limits_for(settings: Settings, provider: str, khash: str) -> RateLimit:
     """`RATE_LIMITS` entry `provider#<key hash prefix>` overrides the provider's for one bucket."""
     for name, lim in settings.rate_limits.items():
