@@ -55,6 +55,14 @@ call into the provider's minute now and then, and under a quantized limit
 any jitter would 429: the margins are what let 0 x 429 and >= 99 % hold
 together.
 
+A bucket that is new or has been idle for a minute starts cold: its first
+call goes at once and the next ones at the paced rate, without the burst
+(for bursts up to the provider's second; a larger configured burst is taken
+as meant).
+When workers have just started, their first requests are the slowest to
+leave (cold connections, a busy event loop), so the start is where arrivals
+jitter most.
+
 **A 429** keeps the request counted, pauses the whole bucket for the time the
 provider asked, and sets every dimension's `tat` to the pause's end plus the
 burst: the bucket restarts empty, so the end of the pause releases waiters
@@ -301,8 +309,14 @@ local function grant(w, c, tn, q, head)
       redis.call('HSET', cost, w .. ':' .. d, c[d])
       local sum = tonumber(redis.call('HINCRBYFLOAT', st, 'sum' .. d, c[d]))
       if L[d] >= 0 then
-        local tat = math.max(tonumber(redis.call('HGET', st, 'tat' .. d) or '0'), now)
-        redis.call('HSET', st, 'tat' .. d, tat + math.min(c[d], L[d]) / (L[d] / 60))
+        local was = tonumber(redis.call('HGET', st, 'tat' .. d) or '0')
+        local step = math.min(c[d], L[d]) / (L[d] / 60)
+        if was < now - 60 and burst <= 1 then
+          -- Cold start (a new or long idle bucket, workers just started): no burst after the first call.
+          redis.call('HSET', st, 'tat' .. d, now + math.max(step, burst))
+        else
+          redis.call('HSET', st, 'tat' .. d, math.max(was, now) + step)
+        end
         belief = L[d] - sum
       end
     end
