@@ -47,6 +47,7 @@ def jain(x: list[float]) -> float:
 
 async def callers(settings: Settings, n: int, until: float) -> None:
     provider = OpenAIProvider(settings)
+    ratelimit.warm(provider, KEY)  # as pipeline.Run does: the SDK client exists before the first grant
     lim = ratelimit.Limiter(settings, aioredis.Redis.from_url(settings.redis_url))
 
     async def loop(tenant: str, i: int) -> None:
