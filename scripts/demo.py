@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -80,7 +81,14 @@ def free_port() -> int:
 async def reset_database(settings: Settings) -> Settings:
     """`blogqueue_demo` on the configured server, empty and migrated; kept afterwards to look at."""
     url = await recreate_database(settings, "blogqueue_demo")
-    return settings.replace(database_url=url, queue_name="blogqueue-demo")
+    demo = settings.replace(database_url=url, queue_name="blogqueue-demo")
+    redis = aioredis.Redis.from_url(demo.redis_url)
+    try:  # the last run's rate-limit buckets would show in this run's figures
+        async for key in redis.scan_iter(match=f"{demo.queue_name}:rl:*", count=1000):
+            await redis.delete(key)
+    finally:
+        await redis.aclose()
+    return demo
 
 
 def start(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
