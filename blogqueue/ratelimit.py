@@ -18,10 +18,10 @@ documents for current models, while `input_tokens` and
 GCRA: a theoretical arrival time `tat` that each grant pushes by cost/rate
 (rate = limit / 60 s). A call is granted when `tat + cost/rate - now <= burst`,
 so grants are spread evenly at the limit's rate and at most `burst` seconds of
-it can go at once (a call bigger than the burst goes alone when the bucket is
-idle). On top of that, each dimension keeps the calls of the last
-`60 s + ARRIVAL_MARGIN_S` in a log and never lets that minute hold more than
-the limit, because OpenAI's default enforcement is per minute.
+it can go at once (a call bigger than the burst waits for the bucket to be
+idle, see below). On top of that, each dimension keeps the last minute's calls
+in a log and never lets that minute hold more than the limit, because
+OpenAI's default enforcement is per minute.
 
 Why the default burst is 0.25 s, not the provider's 1 s (the off-by-one). A
 provider that enforces a limit L per minute "quantized" (OpenAI: "60,000
