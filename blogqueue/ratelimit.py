@@ -41,9 +41,10 @@ another's poll picks its grant up at its own next poll (up to 0.25 s), so
 bucket still runs at 100 % of the limit: the margin costs burst, not
 throughput (and since any poll grants every head whose turn has come, the
 burst is not needed to absorb late polls). A call bigger than the burst
-(x/r > B) is granted only after the bucket has been idle for its excess, at
-most the margin: then no earlier grant can still be on its way, and a full
-provider second holds it. The per-minute log has the same
+(x/r > B, e.g. one request at 60 RPM) is granted once the margin has passed
+since the last grant (nothing earlier is still on its way) and the provider's
+second (B + margin) holds what our bucket holds: such calls still go at the
+limit's rate. The per-minute log has the same
 off-by-one: the provider counts a call at its arrival, after our grant, so a
 log entry stays 60 s from `grant + ARRIVAL_MARGIN_S` (0.25 s), and once the
 answer says how long the provider worked on it (OpenAI's
@@ -255,7 +256,13 @@ local function fit(c)
       -- Room for x within the burst. A call bigger than the burst needs the bucket idle for its excess
       -- (at most the arrival margin): then no earlier grant can still be on its way to the provider.
       local tat = tonumber(redis.call('HGET', st, 'tat' .. d) or '0')
-      local need = tat - now + math.min(x / r - burst, BURST_MARGIN)
+      local need = tat - now - (burst - x / r)
+      if x / r > burst then
+        -- Once the margin has passed since the last grant, nothing earlier is still on its way, and the
+        -- provider's second (burst + margin) holds what our bucket holds.
+        local last = tonumber(redis.call('HGET', st, 'last' .. d) or '0') + BURST_MARGIN - now
+        need = math.max(tat - now - math.max(burst + BURST_MARGIN - x / r, 0), last)
+      end
       if need > 0 then wd = need end
       local over = tonumber(redis.call('HGET', st, 'sum' .. d) or '0') + x - L[d]
       if over > 1e-6 then
@@ -310,6 +317,7 @@ local function grant(w, c, tn, q, head)
       local sum = tonumber(redis.call('HINCRBYFLOAT', st, 'sum' .. d, c[d]))
       if L[d] >= 0 then
         local was = tonumber(redis.call('HGET', st, 'tat' .. d) or '0')
+        redis.call('HSET', st, 'last' .. d, now)
         local step = math.min(c[d], L[d]) / (L[d] / 60)
         if was < now - 60 and burst <= 1 then
           -- Cold start (a new or long idle bucket, workers just started): no burst after the first call.
