@@ -267,6 +267,16 @@ class App:
         if settings.publisher not in self._publishers:
             raise SettingsError(f"BLOGQUEUE_PUBLISHER must be one of {', '.join(sorted(self._publishers))} "
                                 f"(the publishers this app registers), got {settings.publisher!r}")
+        for name, lim in settings.rate_limits.items():
+            # Only dimensions the provider is limited on: a limit it never meters would be ignored.
+            entry = self._providers.get(name.partition("#")[0])
+            if entry is None:
+                continue
+            has = entry.limit_dimensions or tuple(getattr(entry.factory, "limit_dimensions", DEFAULT_DIMENSIONS))
+            extra = [d for d in lim.dimensions() if d not in has]
+            if extra:
+                raise SettingsError(f"BLOGQUEUE_RATE_LIMITS: {entry.name} is limited on {', '.join(has)}, "
+                                    f"not {', '.join(extra)}")
         unknown = sorted(set(settings.credit_costs) - set(self._kinds))
         if unknown:
             raise SettingsError(f"BLOGQUEUE_CREDIT_COSTS names {unknown[0]!r}, which is not a kind of this app "

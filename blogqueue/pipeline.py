@@ -82,42 +82,53 @@ class Run:
     def _ctx(self) -> CallContext:
         return CallContext(job_id=self.job_id, attempt=self.attempt, stage=self.stage, tenant_id=self.tenant_id)
 
-    async def _provider(self) -> tuple[Resolved, Provider, bool]:
-        """The resolved model and key, the adapter, and whether the limiter meters it."""
+    async def _provider(self) -> tuple[Resolved, Provider, bool, tuple[str, ...]]:
+        """The resolved model and key, the adapter, whether the limiter meters it, and on what.
+
+        A provider registered without dimensions (offline) is metered only when RATE_LIMITS
+        names it, on its adapter's dimensions (the demo runs offline under the seeds' limits).
+        """
         if self._resolved is None:
             self._resolved = await resolve(self.job, self._settings, self._pool, self.app)
         r = self._resolved
         entry = self.app.providers[r.provider]
-        return r, self.app.provider_adapter(r.provider, self._settings), bool(entry.limit_dimensions)
+        adapter = self.app.provider_adapter(r.provider, self._settings)
+        dims = entry.limit_dimensions or tuple(getattr(adapter, "limit_dimensions", ("rpm", "tpm")))
+        limited = bool(entry.limit_dimensions) or ratelimit.is_limited(self._settings, r.provider)
+        return r, adapter, limited, dims
 
     async def text(self, system: str, prompt: str, *, max_tokens: int = 1500,
                    json_output: bool = False) -> TextResult:
-        r, provider, limited = await self._provider()
+        r, provider, limited, dims = await self._provider()
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
         ctx = self._ctx()
         if not limited:
-            return await provider.generate_text(request, r.api_key, ctx)
-        est = ratelimit.estimate_tokens(system, prompt, max_tokens=max_tokens)
+            return await provider.generate_text(request, r.api_key, ctx)  # unlimited: 429s go to the engine
+        cost = ratelimit.text_cost(dims, system, prompt, max_tokens=max_tokens)
         result: TextResult = await self._limited(
-            r, est, lambda: provider.generate_text(request, r.api_key, ctx),
-            used=lambda res: res.total_tokens, info=lambda res: res.limits)
+            r, provider, cost, lambda: provider.generate_text(request, r.api_key, ctx),
+            used=ratelimit.text_usage, info=lambda res: res.limits)
         return result
 
     async def image(self, prompt: str) -> str:
-        r, provider, limited = await self._provider()
+        r, provider, limited, _ = await self._provider()
         request, ctx = ImageRequest(model=r.model, prompt=prompt), self._ctx()
         if not limited:
             return (await provider.generate_image(request, r.api_key, ctx)).url
         result: ImageResult = await self._limited(
-            r, 0, lambda: provider.generate_image(request, r.api_key, ctx),
-            used=lambda res: 0, info=lambda res: res.limits)
+            r, provider, {"rpm": 1}, lambda: provider.generate_image(request, r.api_key, ctx),
+            used=lambda res: None, info=lambda res: res.limits)
         return result.url
 
-    async def _limited(self, r: Resolved, est: int, call: Callable[[], Any], *,
-                       used: Callable[[Any], int], info: Callable[[Any], Any]) -> Any:
-        """The one place a stage's provider call passes the shared limiter."""
-        return await ratelimit.limiter(self._settings).call(r.provider, r.api_key, est, call, used=used, info=info)
+    async def _limited(self, r: Resolved, provider: Provider, cost: ratelimit.Cost, call: Callable[[], Any], *,
+                       used: Callable[[Any], Any], info: Callable[[Any], Any]) -> Any:
+        """The one place a stage's provider call passes the shared limiter (fair line: this tenant)."""
+        # The SDK client is built before the grant: built after it, it delays the call's arrival
+        # at the provider by up to a second on a loaded machine (see blogqueue.ratelimit).
+        ratelimit.warm(provider, r.api_key)
+        return await ratelimit.limiter(self._settings).call(r.provider, r.api_key, cost, call, used=used,
+                                                            info=info, tenant=self.tenant_id)
 
     async def _checkpoint(self, name: str, output: dict[str, Any], following: str | None) -> None:
         """Saves a stage's output while this attempt still owns the job; StaleAttempt if it does not."""

@@ -23,12 +23,25 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+DIMENSIONS = ("rpm", "tpm", "itpm", "otpm")
+
+
 @dataclass(frozen=True)
 class RateLimit:
-    """Per-minute limits of one provider (or one bucket). None means unlimited."""
+    """Per-minute limits of one provider (or one bucket), one per dimension. None means unlimited.
+
+    `rpm` requests, `tpm` tokens (prompt + completion: OpenAI, Gemini), `itpm` input and `otpm`
+    output tokens (Anthropic). Which dimensions a provider has is its adapter's `limit_dimensions`.
+    """
 
     rpm: int | None = None
     tpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
+
+    def dimensions(self) -> dict[str, int]:
+        """The limited dimensions and their per-minute limits."""
+        return {d: v for d in DIMENSIONS if (v := getattr(self, d)) is not None}
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,8 @@ class Settings:
     # Providers, AI settings and the shared rate limiter (issue 5; docs/providers.md).
     provider_timeout_seconds: float = 60.0
     rate_limit_max_wait_seconds: float = 30.0
+    # The limiter's own burst, in seconds of each limit (ratelimit.py explains the 0.25 s default).
+    rate_limit_burst_seconds: float = 0.25
     secret_key_previous: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -136,6 +151,8 @@ class Settings:
             ("DEFAULT_MODEL", ":" in self.default_model, "must look like provider:model"),
             ("PROVIDER_TIMEOUT_SECONDS", self.provider_timeout_seconds > 0, "must be positive"),
             ("RATE_LIMIT_MAX_WAIT_SECONDS", self.rate_limit_max_wait_seconds >= 0, "must not be negative"),
+            ("RATE_LIMIT_BURST_SECONDS", 0 < self.rate_limit_burst_seconds <= 60,
+             "must be more than 0 and at most 60 (seconds of each limit granted at once)"),
             ("LOG_FORMAT", self.log_format in ("console", "json"), "must be console or json"),
             ("MAX_BODY_BYTES", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("MAX_JSON_DEPTH", 4 <= self.max_json_depth <= 500, "must be from 4 to 500"),
@@ -172,8 +189,7 @@ class Settings:
             if f.name == "retry_schedule":
                 value = ",".join(format(v, "g") for v in value)
             elif f.name == "rate_limits":
-                value = ";".join(f"{p}:" + ",".join(f"{k}={getattr(lim, k)}" for k in ("rpm", "tpm")
-                                                    if getattr(lim, k) is not None)
+                value = ";".join(f"{p}:" + ",".join(f"{k}={n}" for k, n in lim.dimensions().items())
                                  for p, lim in value.items())
             elif f.name == "credit_costs":
                 value = ",".join(f"{k}={v}" for k, v in value.items())
@@ -211,6 +227,7 @@ _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
     "ready_timeout_seconds", "provider_timeout_seconds", "rate_limit_max_wait_seconds",
+    "rate_limit_burst_seconds",
 }
 
 
@@ -243,7 +260,11 @@ def parse_retry_schedule(raw: str) -> tuple[float, ...]:
 
 
 def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
-    """`openai:rpm=500,tpm=200000;replicate:rpm=600` → {provider: RateLimit}."""
+    """`openai:rpm=500,tpm=200000;anthropic:rpm=50,itpm=40000,otpm=8000;replicate:rpm=600` → {provider: RateLimit}.
+
+    `provider#<key hash prefix>:...` sets the limits of one bucket. Whether the provider has the
+    dimension is checked against the provider when the app starts (`App.check`).
+    """
     limits: dict[str, RateLimit] = {}
     for entry in filter(None, (e.strip() for e in raw.split(";"))):
         provider, sep, spec = entry.partition(":")
@@ -252,8 +273,8 @@ def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
         values: dict[str, int] = {}
         for item in filter(None, (i.strip() for i in spec.split(","))):
             key, eq, num = item.partition("=")
-            if not eq or key.strip() not in ("rpm", "tpm"):
-                raise ValueError(f"expected rpm=N or tpm=N, got {item!r}")
+            if not eq or key.strip() not in DIMENSIONS:
+                raise ValueError(f"expected {', '.join(d + '=N' for d in DIMENSIONS)}, got {item!r}")
             n = int(num)
             if n <= 0:
                 raise ValueError(f"{key.strip()} must be positive, got {n}")

@@ -62,8 +62,8 @@ async def _paced(settings: Settings | None, site_key: str, tenant_id: str | None
     """
     if settings is None:
         return await send()
-    return await ratelimit.limiter(settings).call("wix", site_key, 0, send, used=lambda r: None,
-                                                  info=lambda r: None)
+    return await ratelimit.limiter(settings).call("wix", site_key, {"rpm": 1}, send, used=lambda r: None,
+                                                  info=lambda r: None, tenant=tenant_id or "")
 
 
 async def _request(config: WixConfig, tenant_id: str | None, site_id: str, method: str, path: str,

@@ -7,6 +7,12 @@ burst of priority posts), shows live progress, prints a summary with per-tenant
 first-start and finish times and Jain's fairness index, and stops everything it
 started. Runs on the offline provider unless BLOGQUEUE_DEFAULT_MODEL names a
 real one with its key configured.
+
+The offline provider runs under the shared rate limiter: the seeds' 450 RPM /
+450,000 TPM, with time compressed DEMO_LIMIT_SCALE times (default 20: 9,000
+RPM / 9,000,000 TPM) so the demo stays short, unless BLOGQUEUE_RATE_LIMITS
+names `offline` itself (DEMO_LIMIT_SCALE=0: no limit). The summary prints the
+limiter's utilisation while calls were waiting, and its 429s.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from blogqueue import db, tokens
-from blogqueue.settings import Settings
+from blogqueue.settings import RateLimit, Settings
 from blogqueue.testing.databases import recreate_database
 
 console = Console()
@@ -39,6 +46,19 @@ SMALL_STORES = 30
 SMALL_JOBS = 20
 URGENT_JOBS = 40
 WORKERS = 2
+SEED_RPM, SEED_TPM = 450, 450_000  # the seeds' OpenAI limits
+
+
+@dataclass
+class LimiterTrace:
+    """The offline bucket's grant counter over time, and whether calls were waiting."""
+
+    samples: list[tuple[float, int, int, float]] = field(default_factory=list)  # (t, granted, waiting, tokens)
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        for b in metrics.get("buckets") or []:
+            if b.get("provider") == "offline":
+                self.samples.append((time.time(), b["granted"], b["waiting"], b["tokens_used_total"]))
 
 
 @dataclass
@@ -61,7 +81,14 @@ def free_port() -> int:
 async def reset_database(settings: Settings) -> Settings:
     """`blogqueue_demo` on the configured server, empty and migrated; kept afterwards to look at."""
     url = await recreate_database(settings, "blogqueue_demo")
-    return settings.replace(database_url=url, queue_name="blogqueue-demo")
+    demo = settings.replace(database_url=url, queue_name="blogqueue-demo")
+    redis = aioredis.Redis.from_url(demo.redis_url)
+    try:  # the last run's rate-limit buckets would show in this run's figures
+        async for key in redis.scan_iter(match=f"{demo.queue_name}:rl:*", count=1000):
+            await redis.delete(key)
+    finally:
+        await redis.aclose()
+    return demo
 
 
 def start(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
@@ -113,7 +140,9 @@ def progress_view(progress: Progress, tenants: list[Tenant], metrics: dict[str, 
     small = tenants[1:]
     finished = sum(1 for t in small if t.done + t.failed == t.jobs)
     buckets = metrics.get("buckets") or metrics.get("rate_limits") or []
-    util = ", ".join(f"{b.get('provider', '?')} {100 * b.get('utilisation', 0):.0f}%" for b in buckets) or "none"
+    util = ", ".join(f"{b.get('provider', '?')} {100 * (b.get('utilisation') or 0):.0f}% of the last minute, "
+                     f"{b.get('waiting', 0)} waiting, {b.get('rate_limited_429', 0)} x 429"
+                     for b in buckets) or "none"
     running = metrics.get("counts", {}).get("running", "?")
     grid.add_row(f"[bold]{rate:7.1f} jobs/s[/]   running {running}   small stores finished "
                  f"{finished}/{len(small)}   rate-limit utilisation: {util}")
@@ -189,8 +218,17 @@ async def main(workdir: Path) -> None:
     console.print(f"[bold]blogqueue demo[/]: 1 store with {n_big} posts, {SMALL_STORES} stores with "
                   f"{SMALL_JOBS}, {URGENT_JOBS} priority posts; model {model}; {WORKERS} workers")
     latency = base.offline_latency_ms or 150.0
+    scale = float(os.environ.get("DEMO_LIMIT_SCALE", "20"))
+    limits = dict(base.rate_limits)
+    if scale > 0 and "offline" not in limits:
+        limits["offline"] = RateLimit(rpm=int(SEED_RPM * scale), tpm=int(SEED_TPM * scale))
+    if "offline" in limits:
+        lim = limits["offline"]
+        console.print(f"offline provider limited to {lim.rpm or '-'} RPM / {lim.tpm or '-'} TPM "
+                      f"(the seeds' 450 RPM / 450,000 TPM x {scale:g}, time compressed to keep the demo short)")
     settings = (await reset_database(base)).replace(offline_latency_ms=latency, worker_concurrency=25,
-                                                    max_tenant_backlog=max(base.max_tenant_backlog, n_big + 100))
+                                                    max_tenant_backlog=max(base.max_tenant_backlog, n_big + 100),
+                                                    rate_limits=limits)
     pool = await db.create_pool(settings, max_size=2)
     names = ["big-store", *(f"store-{i:02d}" for i in range(1, SMALL_STORES + 1))]
     tenants = [Tenant(n, (await tokens.create(pool, n))[0], n_big + URGENT_JOBS if n == "big-store" else SMALL_JOBS)
@@ -209,9 +247,11 @@ async def main(workdir: Path) -> None:
             await asyncio.gather(*(enqueue(http, t, posts(t.name, SMALL_JOBS)) for t in tenants[1:]))
             await enqueue(http, tenants[0], posts("big-store-urgent", URGENT_JOBS, priority=10))
             total = sum(t.jobs for t in tenants)
-            await live(http, admin, tenants, total, t0)
+            trace = LimiterTrace()
+            await live(http, admin, tenants, total, t0, trace)
             wall = time.time() - t0
             await summary(http, admin, tenants, wall)
+            await limiter_summary(http, admin, trace, settings)
     finally:
         for p in procs:
             with_signal(p, signal.SIGTERM)
@@ -228,7 +268,8 @@ def with_signal(p: subprocess.Popen[bytes], sig: int) -> None:
         p.send_signal(sig)
 
 
-async def live(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], total: int, t0: float) -> None:
+async def live(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], total: int, t0: float,
+               trace: LimiterTrace) -> None:
     progress = Progress(TextColumn("{task.description:>22}"), BarColumn(bar_width=50), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
     overall = progress.add_task("all stores", total=total)
@@ -238,6 +279,7 @@ async def live(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], total
     with Live(console=console, refresh_per_second=4) as view:
         while True:
             metrics = await poll(http, admin, tenants)
+            trace.add(metrics)
             finished = sum(t.done + t.failed for t in tenants)
             now = time.time()
             history = [(t, n) for t, n in history if now - t <= 5] + [(now, finished)]
@@ -277,6 +319,27 @@ async def summary(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], wa
                   f"{done / wall:.1f} jobs/s[/]")
     console.print(f"[bold]Jain's fairness index of in-flight shares while tenants were backlogged: "
                   f"{averaged:.3f} time-averaged, {per_sample:.3f} mean per 50 ms sample[/]")
+
+
+async def limiter_summary(http: httpx.AsyncClient, admin: str, trace: LimiterTrace, settings: Settings) -> None:
+    """The offline bucket: grants per second while calls were waiting against its RPM, and its 429s."""
+    r = await http.get("/v1/metrics", headers={"Authorization": f"Bearer {admin}"})
+    buckets = [b for b in (r.json().get("buckets") or []) if b.get("provider") == "offline"]
+    if not buckets:
+        console.print("[bold]rate limiter: the offline provider ran without a limit[/]")
+        return
+    b = buckets[0]
+    waiting = [x for x in trace.samples if x[2] > 0]
+    line = (f"[bold]rate limiter (offline bucket, {b['limit']['rpm'] or '-'} RPM / {b['limit']['tpm'] or '-'} TPM): "
+            f"{b['granted']} calls granted, {b['waits']} had to wait, {b['rate_limited_429']} x 429")
+    if len(waiting) >= 2 and b["limit"]["rpm"]:
+        (t0, g0, _, k0), (t1, g1, _, k1) = waiting[0], waiting[-1]
+        rate = (g1 - g0) / max(1e-6, t1 - t0)
+        line += (f"; while calls were waiting ({t1 - t0:.0f} s): {rate:.1f} calls/s = "
+                 f"{rate * 60 / b['limit']['rpm']:.1%} of RPM")
+        if b["limit"]["tpm"]:
+            line += f", {(k1 - k0) / max(1e-6, t1 - t0) * 60 / b['limit']['tpm']:.1%} of TPM (tokens used)"
+    console.print(line + "[/]")
 
 
 if __name__ == "__main__":

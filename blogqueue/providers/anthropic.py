@@ -42,13 +42,33 @@ def _rate_info(headers: Mapping[str, str]) -> RateInfo | None:
             return None
         return max(0.0, (at - datetime.now(UTC)).total_seconds())
 
-    info = RateInfo(num("anthropic-ratelimit-requests-remaining"), reset("anthropic-ratelimit-requests-reset"),
-                    num("anthropic-ratelimit-tokens-remaining"), reset("anthropic-ratelimit-tokens-reset"))
-    return info if info.remaining_requests is not None or info.remaining_tokens is not None else None
+    p = "anthropic-ratelimit-"
+    info = RateInfo(num(p + "requests-remaining"), reset(p + "requests-reset"),
+                    num(p + "tokens-remaining"), reset(p + "tokens-reset"),
+                    num(p + "input-tokens-remaining"), reset(p + "input-tokens-reset"),
+                    num(p + "output-tokens-remaining"), reset(p + "output-tokens-reset"))
+    found = (info.remaining_requests, info.remaining_tokens, info.remaining_input_tokens, info.remaining_output_tokens)
+    return info if any(v is not None for v in found) else None
+
+
+def usage_fields(usage: object) -> dict[str, int]:
+    """`usage` of a Messages answer as TextResult fields.
+
+    `input_tokens` counts only the tokens after the last cache breakpoint; cache reads and writes
+    come separately. Anthropic's rate limits: input_tokens and cache_creation_input_tokens count
+    toward ITPM, cache_read_input_tokens do not (on current models), so the limiter needs all three.
+    """
+    def n(name: str) -> int:
+        return int(getattr(usage, name, 0) or 0)
+
+    return {"prompt_tokens": n("input_tokens"), "completion_tokens": n("output_tokens"),
+            "cache_read_input_tokens": n("cache_read_input_tokens"),
+            "cache_creation_input_tokens": n("cache_creation_input_tokens")}
 
 
 class AnthropicProvider:
     name = NAME
+    limit_dimensions = ("rpm", "itpm", "otpm")  # Anthropic limits input and output tokens separately
 
     def __init__(self, config: ProviderConfig) -> None:
         self.timeout = config.timeout_seconds
@@ -72,8 +92,7 @@ class AnthropicProvider:
             raise common.from_status(NAME, 400, "the model declined to answer", None, api_key, refused=True)
         text = "".join(getattr(b, "text", "") for b in message.content)
         return TextResult(text=text, model=f"{NAME}:{message.model or request.model}",
-                          prompt_tokens=message.usage.input_tokens, completion_tokens=message.usage.output_tokens,
-                          limits=_rate_info(raw.headers))
+                          limits=_rate_info(raw.headers), **usage_fields(message.usage))
 
     async def generate_image(self, request: ImageRequest, api_key: str | None, ctx: CallContext) -> ImageResult:
         raise FatalError("Anthropic models cannot make images: submit the job with \"image\": false, "

@@ -38,9 +38,13 @@ class TextRequest:
 class TextResult:
     text: str
     model: str
-    prompt_tokens: int
+    prompt_tokens: int      # input tokens as the provider reports them (Anthropic: after the cache breakpoints)
     completion_tokens: int
     limits: RateInfo | None = None  # the provider's rate-limit headers, for the shared limiter
+    # Prompt caching (Anthropic `usage.cache_read_input_tokens` / `cache_creation_input_tokens`; OpenAI's
+    # `prompt_tokens_details.cached_tokens` is part of `prompt_tokens` and lands in the first field too).
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -62,9 +66,15 @@ class ImageResult:
 
 
 class Provider(Protocol):
-    """Adapters raise blogqueue.errors.JobError subclasses, never a bare SDK error."""
+    """Adapters raise blogqueue.errors.JobError subclasses, never a bare SDK error.
+
+    `limit_dimensions` names what the provider limits per API key, from `RATE_LIMITS`' vocabulary:
+    `rpm`, `tpm` (prompt + completion tokens), `itpm` / `otpm` (input / output tokens). The shared
+    limiter charges a text call on those, an image call on `rpm` only.
+    """
 
     name: str
+    limit_dimensions: tuple[str, ...]
 
     async def generate_text(self, request: TextRequest, api_key: str | None,
                             ctx: CallContext) -> TextResult: ...
@@ -81,3 +91,11 @@ class RateInfo:
     reset_requests_s: float | None = None
     remaining_tokens: int | None = None
     reset_tokens_s: float | None = None
+    # Anthropic's separate input and output token limits (`anthropic-ratelimit-input-tokens-*` etc.).
+    remaining_input_tokens: int | None = None
+    reset_input_tokens_s: float | None = None
+    remaining_output_tokens: int | None = None
+    reset_output_tokens_s: float | None = None
+    # How long the provider took on the request (OpenAI's `openai-processing-ms`): the request reached it
+    # at least that long before the answer, which tells the limiter when the provider counted it.
+    processing_s: float | None = None

@@ -102,7 +102,7 @@ def retry_after(headers: Mapping[str, str] | None, default: float = 1.0) -> floa
 
 
 def rate_info(headers: Mapping[str, str] | None) -> RateInfo | None:
-    """OpenAI-style `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` headers, if sent."""
+    """OpenAI-style `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` and `openai-processing-ms` headers, if sent."""
     if not headers:
         return None
     h = {k.lower(): v for k, v in headers.items()}
@@ -113,11 +113,14 @@ def rate_info(headers: Mapping[str, str] | None) -> RateInfo | None:
         except (KeyError, ValueError):
             return None
 
+    processing = num("openai-processing-ms")
     info = RateInfo(remaining_requests=num("x-ratelimit-remaining-requests"),
                     reset_requests_s=parse_duration(h.get("x-ratelimit-reset-requests")),
                     remaining_tokens=num("x-ratelimit-remaining-tokens"),
-                    reset_tokens_s=parse_duration(h.get("x-ratelimit-reset-tokens")))
-    return info if (info.remaining_requests is not None or info.remaining_tokens is not None) else None
+                    reset_tokens_s=parse_duration(h.get("x-ratelimit-reset-tokens")),
+                    processing_s=None if processing is None else processing / 1000)
+    found = (info.remaining_requests, info.remaining_tokens, info.processing_s)
+    return info if any(v is not None for v in found) else None
 
 
 def from_status(provider: str, status: int | None, message: str, headers: Mapping[str, str] | None,

@@ -31,6 +31,7 @@ def validate(model: str) -> None:
 
 class OpenAIProvider:
     name = NAME
+    limit_dimensions = ("rpm", "tpm")
 
     def __init__(self, config: ProviderConfig) -> None:
         self.timeout = config.timeout_seconds
@@ -59,9 +60,11 @@ class OpenAIProvider:
             raise common.from_status(NAME, 400, message.refusal or "the answer was filtered", None, api_key,
                                      refused=True)
         usage = completion.usage
+        details = getattr(usage, "prompt_tokens_details", None)
         return TextResult(text=message.content or "", model=f"{NAME}:{completion.model or request.model}",
                           prompt_tokens=usage.prompt_tokens if usage else 0,
                           completion_tokens=usage.completion_tokens if usage else 0,
+                          cache_read_input_tokens=int(getattr(details, "cached_tokens", 0) or 0),
                           limits=common.rate_info(raw.headers))
 
     async def generate_image(self, request: ImageRequest, api_key: str | None, ctx: CallContext) -> ImageResult:

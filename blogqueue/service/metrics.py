@@ -151,9 +151,11 @@ def bucket_families(buckets: list[dict[str, Any]], reachable: bool) -> Iterator[
     fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "rpm": g("limit_requests_per_minute", "Configured requests per minute (absent: no limit)"),
         "tpm": g("limit_tokens_per_minute", "Configured tokens per minute (absent: no limit)"),
+        "itpm": g("limit_input_tokens_per_minute", "Configured input tokens per minute (Anthropic)"),
+        "otpm": g("limit_output_tokens_per_minute", "Configured output tokens per minute (Anthropic)"),
         "requests": g("used_requests", "Requests in the last 60 s"),
         "tokens": g("used_tokens", "Tokens in the last 60 s (reservations of calls in flight included)"),
-        "utilisation": g("utilisation", "max(requests/RPM, tokens/TPM) over the last 60 s"),
+        "utilisation": g("utilisation", "The largest used/limit over the limited dimensions, last 60 s"),
         "waiting": g("waiting_calls", "Calls waiting in the bucket's line now"),
         "paused": g("paused", "1 while a 429 pause lasts"),
         "waits": c("waits", "Calls that had to wait for room"),
@@ -165,8 +167,9 @@ def bucket_families(buckets: list[dict[str, Any]], reachable: bool) -> Iterator[
         key = [b["provider"], b["key_hash"]]
         if b["limit"]["rpm"] is not None:
             fams["rpm"].add_metric(key, b["limit"]["rpm"])
-        if b["limit"]["tpm"] is not None:
-            fams["tpm"].add_metric(key, b["limit"]["tpm"])
+        for d in ("tpm", "itpm", "otpm"):
+            if b["limit"].get(d) is not None:
+                fams[d].add_metric(key, b["limit"][d])
         if b["utilisation"] is not None:
             fams["utilisation"].add_metric(key, b["utilisation"])
         fams["requests"].add_metric(key, b["used"]["requests"])

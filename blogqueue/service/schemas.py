@@ -140,13 +140,19 @@ class PoolState(BaseModel):
 
 
 class BucketLimit(_Body):
+    """Per minute; `itpm`/`otpm` (input/output tokens, Anthropic) only where set."""
+
     rpm: int | None = Field(ge=0)
     tpm: int | None = Field(ge=0)
+    itpm: int | None = Field(None, ge=0)
+    otpm: int | None = Field(None, ge=0)
 
 
 class BucketUse(_Body):
     requests: int = Field(ge=0)
     tokens: int
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 class Bucket(BaseModel):
@@ -156,7 +162,8 @@ class Bucket(BaseModel):
     key_hash: str = Field(pattern="^[0-9a-f]+$")
     limit: BucketLimit
     used: BucketUse = Field(description="in the last 60 s")
-    utilisation: float | None = Field(ge=0, description="max(requests/rpm, tokens/tpm); null without limits")
+    utilisation: float | None = Field(ge=0, description="the largest used/limit over the limited dimensions; "
+                                                        "null without limits")
     waiting: int = Field(ge=0)
     waits: int = Field(ge=0)
     granted: int = Field(ge=0)

@@ -34,6 +34,7 @@ class Faults:
     """Injected misbehaviour; every rate is a probability per call (0..1)."""
 
     latency_ms: float = 0.0
+    latency_spread_ms: float = 0.0      # latency is uniform in [latency_ms, latency_ms + latency_spread_ms]
     error_5xx_rate: float = 0.0
     error_429_rate: float = 0.0
     retry_after_s: float = 1.0          # what an injected 429 asks for
@@ -150,13 +151,21 @@ class FakeServer:
 
     # -- fault injection ---------------------------------------------------------
 
-    async def misbehave(self, key: str | None) -> str | None:
-        """Sleeps the injected latency, then returns the fault this call gets, if any."""
+    def latency_s(self) -> float:
+        """One call's latency: `latency_ms`, plus a uniform draw from `latency_spread_ms`."""
+        f = self.faults
+        with self.lock:
+            spread = self.rng.uniform(0, f.latency_spread_ms) if f.latency_spread_ms else 0.0
+        return (f.latency_ms + spread) / 1000
+
+    async def misbehave(self, key: str | None, sleep: bool = True) -> str | None:
+        """Sleeps the injected latency (unless `sleep` is False: the caller sleeps it after admitting the
+        call, as a provider counts a request when it arrives), then returns the fault this call gets."""
         f = self.faults
         with self.lock:
             scripted = f.scripted.popleft() if f.scripted else None
-        if f.latency_ms:
-            await asyncio.sleep(f.latency_ms / 1000)
+        if sleep and (f.latency_ms or f.latency_spread_ms):
+            await asyncio.sleep(self.latency_s())
         if scripted is not None:
             if scripted == "timeout":
                 await asyncio.sleep(f.hang_s)
