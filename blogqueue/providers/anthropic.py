@@ -68,7 +68,7 @@ def usage_fields(usage: object) -> dict[str, int]:
 
 class AnthropicProvider:
     name = NAME
-    limit_dimensions = ("rpm", "itpm", "otpm")  # Anthropic limits input and output tokens separately
+    limit_dimensions: tuple[str, ...] = ("rpm", "itpm", "otpm")  # Anthropic limits input and output tokens separately
 
     def __init__(self, config: ProviderConfig) -> None:
         self.timeout = config.timeout_seconds

@@ -30,7 +30,7 @@ def validate(model: str) -> None:
 
 class GeminiProvider:
     name = NAME
-    limit_dimensions = ("rpm", "tpm")
+    limit_dimensions: tuple[str, ...] = ("rpm", "tpm")
 
     def __init__(self, config: ProviderConfig) -> None:
         self.timeout = config.timeout_seconds

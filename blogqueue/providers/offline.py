@@ -51,7 +51,7 @@ class OfflineConfig:
 
 class OfflineProvider:
     name = "offline"
-    limit_dimensions = ("rpm", "tpm")
+    limit_dimensions: tuple[str, ...] = ("rpm", "tpm")
 
     def __init__(self, config: OfflineConfig) -> None:
         self.latency_s = config.latency_ms / 1000

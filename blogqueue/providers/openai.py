@@ -31,7 +31,7 @@ def validate(model: str) -> None:
 
 class OpenAIProvider:
     name = NAME
-    limit_dimensions = ("rpm", "tpm")
+    limit_dimensions: tuple[str, ...] = ("rpm", "tpm")
 
     def __init__(self, config: ProviderConfig) -> None:
         self.timeout = config.timeout_seconds

@@ -34,7 +34,7 @@ def validate(model: str) -> None:
 
 class ReplicateProvider:
     name = NAME
-    limit_dimensions = ("rpm",)
+    limit_dimensions: tuple[str, ...] = ("rpm",)
 
     def __init__(self, config: ProviderConfig) -> None:
         self.timeout = config.timeout_seconds
