@@ -30,9 +30,9 @@ import asyncpg
 from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
-from blogqueue.testing.databases import fresh_database
-from blogqueue.testing.processes import RedisServer, WorkerProcess, free_port, redis_binary
-from blogqueue.testing.waiting import wait_until
+from testkit.databases import fresh_database
+from testkit.processes import RedisServer, WorkerProcess, free_port, redis_binary
+from testkit.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

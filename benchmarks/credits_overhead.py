@@ -20,7 +20,7 @@ import asyncpg
 from blogqueue import db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
-from blogqueue.testing.databases import drop_database, recreate_database
+from testkit.databases import drop_database, recreate_database
 
 
 async def run_case(settings: Settings, pool: asyncpg.Pool, enabled: bool, jobs: int, batch: int) -> dict[str, float]:

@@ -23,7 +23,7 @@ import httpx
 
 from blogqueue import db, tokens
 from blogqueue.settings import Settings
-from blogqueue.testing.databases import drop_database, recreate_database
+from testkit.databases import drop_database, recreate_database
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -3,7 +3,7 @@
 `blogqueue serve` runs as a real process, two real `blogqueue worker` processes
 execute the jobs on the offline provider (5 ms a call), on a database and a
 redis-server of this run's own (benchmarks/_harness.py). `--clients` client
-loops (benchmarks share `blogqueue.testing.load` with tests/test_http_load.py)
+loops (benchmarks share `testkit.load` with tests/test_http_load.py)
 spread over `--tenants` tenants run for `--seconds`; every request goes to
 127.0.0.1 and none starts after the deadline. Prints a table per endpoint and
 "5xx: N", writes benchmarks/results/load.json (load_outage.json with --outage),
@@ -33,7 +33,7 @@ import httpx
 from _harness import Bench, bench_env, table, wait_for, write_result
 
 from blogqueue import tokens
-from blogqueue.testing.load import Mix, Recorder, limits, run_clients, summarize
+from testkit.load import Mix, Recorder, limits, run_clients, summarize
 
 
 async def _outage(bench: Bench, http: httpx.AsyncClient, start_after: float, seconds: float) -> dict[str, Any]:

@@ -36,11 +36,11 @@ import redis.asyncio as aioredis
 from blogqueue import db, ratelimit
 from blogqueue.client import Client
 from blogqueue.settings import RateLimit, Settings
-from blogqueue.testing.databases import drop_database, recreate_database
 from blogqueue.testing.fake_anthropic import FakeAnthropic
 from blogqueue.testing.fake_openai import FakeOpenAI
 from blogqueue.testing.fakeserver import FakeServer
-from blogqueue.testing.processes import RedisServer, WorkerProcess
+from testkit.databases import drop_database, recreate_database
+from testkit.processes import RedisServer, WorkerProcess
 
 OUT = Path(__file__).parent / "results" / "ratelimit.json"
 RPM, TPM = 450, 450_000

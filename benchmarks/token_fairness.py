@@ -32,7 +32,7 @@ from blogqueue.providers.base import CallContext, ProviderConfig, TextRequest
 from blogqueue.providers.openai import OpenAIProvider
 from blogqueue.settings import RateLimit, Settings
 from blogqueue.testing.fake_openai import FakeOpenAI
-from blogqueue.testing.processes import RedisServer
+from testkit.processes import RedisServer
 
 OUT = Path(__file__).parent / "results" / "token_fairness.json"
 TPM = 450_000

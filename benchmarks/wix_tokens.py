@@ -31,7 +31,7 @@ from pathlib import Path
 from blogqueue import wixauth
 from blogqueue.settings import Settings
 from blogqueue.testing.fake_wix import FakeWix
-from blogqueue.testing.processes import RedisServer
+from testkit.processes import RedisServer
 
 APP_ID, APP_SECRET = "bench-app", "bench-secret-0123456789"
 

@@ -39,7 +39,7 @@ from rich.table import Table
 
 from blogqueue import db, tokens
 from blogqueue.settings import RateLimit, Settings
-from blogqueue.testing.databases import recreate_database
+from testkit.databases import recreate_database
 
 console = Console()
 SMALL_STORES = 30

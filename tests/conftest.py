@@ -20,9 +20,9 @@ import pytest_asyncio
 from blogqueue import credits, db
 from blogqueue.client import Client
 from blogqueue.settings import Settings
-from blogqueue.testing import waiting
-from blogqueue.testing.databases import fresh_database, with_database
-from blogqueue.testing.processes import BLOGQUEUE_WORKER, RedisServer, WorkerProcess, free_port, redis_binary
+from testkit import waiting
+from testkit.databases import fresh_database, with_database
+from testkit.processes import BLOGQUEUE_WORKER, RedisServer, WorkerProcess, free_port, redis_binary
 
 # HTTP service fixtures (api, make_token) live in their own module.
 pytest_plugins = ["tests.http_fixtures"]

@@ -24,7 +24,7 @@ import pytest
 
 from blogqueue import tokens
 from blogqueue.settings import Settings
-from blogqueue.testing.processes import ARQ_WORKER, free_port
+from testkit.processes import ARQ_WORKER, free_port
 from tests.conftest import read_calls, wait_until
 from tests.http_fixtures import assert_error
 

@@ -7,10 +7,10 @@ The short runs are part of `make test`; `make chaos` runs the long one (10,000 j
 
 import pytest
 
-from blogqueue.testing.chaos import OWN_KEY, Chaos, ChaosPlan, Stack
 from blogqueue.testing.fake_openai import FakeOpenAI
 from blogqueue.testing.fake_webhook import FakeWebhookReceiver
-from blogqueue.testing.processes import WorkerProcess
+from testkit.chaos import OWN_KEY, Chaos, ChaosPlan, Stack
+from testkit.processes import WorkerProcess
 
 PLATFORM_KEY = "sk-chaos-platform-key-4d8e1b6a"
 WEBHOOK_SECRET = "whsec-chaos-9b2c7e1f"

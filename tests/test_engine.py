@@ -3,7 +3,7 @@
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from blogqueue.testing.processes import ARQ_WORKER
+from testkit.processes import ARQ_WORKER
 
 from .conftest import keyword_jobs, read_calls, wait_until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blogqueue.settings import Settings
-from blogqueue.testing.processes import RedisServer
+from testkit.processes import RedisServer
 from tests.conftest import _free_port, wait_until
 from tests.http_fixtures import Api, assert_error
 

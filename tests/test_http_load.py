@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 
 from blogqueue.settings import Settings
-from blogqueue.testing.load import ENDPOINTS, Mix, Recorder, run_clients
+from testkit.load import ENDPOINTS, Mix, Recorder, run_clients
 from tests.http_fixtures import Api, TokenFactory
 
 TENANTS = 5

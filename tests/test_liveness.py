@@ -32,7 +32,7 @@ from blogqueue.dispatcher import Dispatcher
 from blogqueue.redisconn import arq_redis
 from blogqueue.settings import Settings
 from blogqueue.testing.fake_webhook import FakeWebhookReceiver
-from blogqueue.testing.processes import NetNamespace, PostgresCluster, RedisServer, WorkerProcess, postgres_bindir
+from testkit.processes import NetNamespace, PostgresCluster, RedisServer, WorkerProcess, postgres_bindir
 
 from .conftest import keyword_jobs, wait_until
 from .http_fixtures import Api

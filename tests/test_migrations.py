@@ -3,7 +3,7 @@ import asyncio
 import asyncpg
 
 from blogqueue import db
-from blogqueue.testing.databases import fresh_database
+from testkit.databases import fresh_database
 
 from .conftest import BASE
 

@@ -93,7 +93,7 @@ async def test_a_job_that_keeps_killing_workers_ends_failed(client, workers, set
 
 async def test_worker_rides_out_a_redis_outage(client, workers, settings, pool, tmp_path):
     """Redis going away does not end `blogqueue worker`: it restarts its arq loop when Redis is back."""
-    from blogqueue.testing.processes import RedisServer
+    from testkit.processes import RedisServer
 
     redis = RedisServer(tmp_path).start()
     try:

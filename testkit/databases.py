@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .. import db
-from ..settings import Settings
+from blogqueue import db
+from blogqueue.settings import Settings
 
 
 def with_database(url: str, name: str) -> str:

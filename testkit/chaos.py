@@ -30,9 +30,10 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from ..client import Client
-from ..db import Q
-from ..settings import Settings
+from blogqueue.client import Client
+from blogqueue.db import Q
+from blogqueue.settings import Settings
+
 from .processes import WorkerProcess
 
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..settings import Settings
+from blogqueue.settings import Settings
 
 BLOGQUEUE_WORKER = ("-m", "blogqueue.cli", "worker")
 ARQ_WORKER = ("-m", "arq", "blogqueue.worker.WorkerSettings")
