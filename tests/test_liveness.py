@@ -131,7 +131,7 @@ async def test_a_stale_epoch_changes_nothing(client: Client, pool: asyncpg.Pool,
     await pool.execute(Q["register_worker"], "w", s.queue_name, "h", 1, 50, 0, ["blog_post"])
     out = await client.enqueue("shop-a", keyword_jobs(10))
     await pool.execute("UPDATE bq_jobs SET status = 'scheduled', run_at = now() - interval '1 s' "
-                       "WHERE id = $1::uuid", out["jobs"][0]["id"])
+                       "WHERE id = $1::uuid", out.jobs[0].id)
     redis: ArqRedis = arq_redis(s)
     try:
         old, new = Dispatcher(s, pool, redis, holder="old"), Dispatcher(s, pool, redis, holder="new")
@@ -153,7 +153,7 @@ async def test_a_stale_epoch_changes_nothing(client: Client, pool: asyncpg.Pool,
 
         # A lapsed job lease is reaped by the current term only.
         await pool.execute("UPDATE bq_jobs SET lease_until = now() - interval '1 s' WHERE id = $1::uuid",
-                           out["jobs"][1]["id"])
+                           out.jobs[1].id)
         assert await pool.fetch(Q["reap_leases"], 4, 100, s.queue_name, old.epoch) == []
         assert len(await pool.fetch(Q["reap_leases"], 4, 100, s.queue_name, new.epoch)) == 1
     finally:
@@ -234,7 +234,7 @@ async def test_frozen_leader_is_replaced_within_a_lease(lease: float, freeze_s: 
         thawed_at = time.time()
 
         async def finished() -> bool:
-            return (await client.get_batch(out["batch_id"]))["finished"]
+            return (await client.get_batch(out.batch_id)).finished
         await wait_until(finished, timeout=120, what="every job to finish")
 
         # A woke as a stale leader: it notices, stops dispatching and follows.
@@ -246,8 +246,8 @@ async def test_frozen_leader_is_replaced_within_a_lease(lease: float, freeze_s: 
 
         # ... and takes work again without a restart.
         more = await client.enqueue("shop-b", keyword_jobs(40, image=False))
-        await wait_until(lambda: _batch_done(client, more["batch_id"]), timeout=60, what="work after the thaw")
-        assert await started_by(pool, await current_id(pool, a) or "", more["batch_id"]) > 0
+        await wait_until(lambda: _batch_done(client, more.batch_id), timeout=60, what="work after the thaw")
+        assert await started_by(pool, await current_id(pool, a) or "", more.batch_id) > 0
         assert a.alive() and b.alive()
         await assert_once_each(pool, receiver, jobs + 40, in_flight)
 
@@ -257,7 +257,7 @@ async def _at_least(pool: asyncpg.Pool, n: int) -> bool:
 
 
 async def _batch_done(client: Client, batch_id: str) -> bool:
-    return (await client.get_batch(batch_id))["finished"]
+    return (await client.get_batch(batch_id)).finished
 
 
 # -- private services for the partition and the restart -----------------------------------
@@ -367,7 +367,7 @@ async def test_partitioned_worker_is_fenced_and_recovers(lease: float, jobs: int
             netns.heal()
         healed_at = time.time()
 
-        await wait_until(lambda: _batch_done(client, out["batch_id"]), timeout=jobs * 2 + 120,
+        await wait_until(lambda: _batch_done(client, out.batch_id), timeout=jobs * 2 + 120,
                          what="every job to finish")
         # P's attempts were reaped and run again elsewhere; their late checkpoints and finishes
         # were refused: after the cut (and a second's grace for statements the server already
@@ -393,8 +393,8 @@ async def test_partitioned_worker_is_fenced_and_recovers(lease: float, jobs: int
                                        "AND heartbeat_at > to_timestamp($2)", p.pid, healed_at + 1) > 0
         await wait_until(p_alive_again, timeout=60, what="the namespaced worker to heartbeat again")
         more = await client.enqueue("shop-b", keyword_jobs(30, image=False, model="offline:slow-200"))
-        await wait_until(lambda: _batch_done(client, more["batch_id"]), timeout=120, what="work after healing")
-        assert await started_by(pool, await current_id(pool, p) or "", more["batch_id"]) > 0
+        await wait_until(lambda: _batch_done(client, more.batch_id), timeout=120, what="work after healing")
+        assert await started_by(pool, await current_id(pool, p) or "", more.batch_id) > 0
         assert p.alive() and h.alive()
         await assert_once_each(pool, receiver, jobs + 30, cut_off)
         assert logged(tmp_path / "worker-p.log", "refused") or logged(tmp_path / "worker-p.log", "abandoned")
@@ -466,7 +466,7 @@ async def test_postgresql_fast_restart_mid_run(jobs: int, restarts: int, setting
             await wait_until(fresh, timeout=30, what="heartbeats after the restart")
         await wait_until(lambda: _batch_done(client, resp.json()["batch_id"]), timeout=60,
                          what="work enqueued through the service after the restart")
-        assert (await client.get_batch(out["batch_id"]))["counts"]["done"] == jobs
+        assert (await client.get_batch(out.batch_id)).counts["done"] == jobs
     finally:
         for w in procs:
             w.kill()
