@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fakehttp import FakeServer, Reply, Request
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .fakeserver import CallLog, FakeServer
 
 PAGE = 20
+METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
 
 
 def sample(media: str, n: int = 30, *, start_year: int = 1990, adult_every: int = 7) -> list[dict[str, Any]]:
@@ -19,8 +24,11 @@ def sample(media: str, n: int = 30, *, start_year: int = 1990, adult_every: int 
 
 
 class FakeTMDb(FakeServer):
+    name = "fake-tmdb"
+
     def __init__(self, api_key: str, lists: dict[tuple[str, str], list[dict[str, Any]]] | None = None) -> None:
         super().__init__()
+        self.calls = CallLog()  # also counts by route: `calls[("GET", "/3/movie/popular")]`
         self.api_key = api_key
         self.lists = lists if lists is not None else {
             (media, name): sample(media) for media in ("movie", "tv")
@@ -37,17 +45,26 @@ class FakeTMDb(FakeServer):
             return parts[1], name
         return None
 
-    def route(self, request: Request) -> Reply:
-        key = request.query.get("api_key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    def routes(self) -> list[Route]:
+        return [Route("/3/{rest:path}", self._api, methods=METHODS)]
+
+    async def _api(self, request: Request) -> Response:
+        req = await self.capture(request)
+        status, body = self._reply(req.query, req.headers, req.path)
+        self.record(req.path, status, method=req.method)
+        return await self.answer(status, body)
+
+    def _reply(self, query: dict[str, str], headers: dict[str, str], path: str) -> tuple[int, dict[str, Any]]:
+        key = query.get("api_key") or headers.get("authorization", "").removeprefix("Bearer ")
         if key != self.api_key:
-            return Reply(401, {"status_code": 7, "status_message": "Invalid API key: You must be granted a valid key.",
-                               "success": False})
-        found = self._list(request.path)
+            return 401, {"status_code": 7, "status_message": "Invalid API key: You must be granted a valid key.",
+                         "success": False}
+        found = self._list(path)
         if found is None or found not in self.lists:
-            return Reply(404, {"status_code": 34, "status_message": "The resource you requested could not be found.",
-                               "success": False})
+            return 404, {"status_code": 34, "status_message": "The resource you requested could not be found.",
+                         "success": False}
         items = self.lists[found]
-        page = int(request.query.get("page", "1"))
+        page = int(query.get("page", "1"))
         pages = max(1, -(-len(items) // PAGE))
-        return Reply(200, {"page": page, "results": items[(page - 1) * PAGE:page * PAGE],
-                           "total_pages": pages, "total_results": len(items)})
+        return 200, {"page": page, "results": items[(page - 1) * PAGE:page * PAGE],
+                     "total_pages": pages, "total_results": len(items)}

@@ -14,13 +14,14 @@ the test reads `fake.stats()` from another.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 import uvicorn
 from starlette.applications import Starlette
@@ -45,6 +46,36 @@ class Faults:
     #                                                       "refuse", "timeout" (consumed first)
 
 
+@dataclass
+class Recorded:
+    """One request as it reached the fake (header names lower-cased), kept by `capture()`."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+class CallLog(list[dict[str, Any]]):
+    """`record()`'s list of calls that also answers `log[(method, path)]`: how many calls that route got."""
+
+    @overload
+    def __getitem__(self, key: SupportsIndex) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[dict[str, Any]]: ...
+    @overload
+    def __getitem__(self, key: tuple[str, str]) -> int: ...
+
+    def __getitem__(self, key: SupportsIndex | slice | tuple[str, str]) -> Any:
+        if isinstance(key, tuple):
+            return sum(1 for c in self if (c.get("method"), c["path"]) == key)
+        return super().__getitem__(key)
+
+
 class FakeServer:
     """Base class: subclasses add their protocol's routes in `routes()`."""
 
@@ -60,6 +91,7 @@ class FakeServer:
         self.calls: list[dict[str, Any]] = []   # one entry per call: at, path, status, tokens
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self.requests: list[Recorded] = []     # every request a subclass `capture()`d, in arrival order
         self.app = Starlette(routes=[*self.routes(),
                                      Route("/_stats", self._stats_endpoint, methods=["GET"]),
                                      Route("/_reset", self._reset_endpoint, methods=["POST"]),
@@ -95,6 +127,9 @@ class FakeServer:
         if self._thread is not None:
             self._thread.join(10)
 
+    def close(self) -> None:
+        self.stop()
+
     def __enter__(self) -> FakeServer:
         return self.start()
 
@@ -114,6 +149,28 @@ class FakeServer:
             if status == 429:
                 self.counts["rate_limited"] += 1
             self.calls.append({"at": time.time(), "path": path, "status": status, "tokens": tokens, **extra})
+
+    async def capture(self, request: Request) -> Recorded:
+        """Reads the whole request and keeps it in `requests`, so a test sees exactly what arrived."""
+        req = Recorded(request.method, request.url.path, dict(request.query_params),
+                       {k.lower(): v for k, v in request.headers.items()}, await request.body())
+        with self.lock:
+            self.requests.append(req)
+        return req
+
+    def count(self, method: str | None = None, path_prefix: str = "") -> int:
+        """Calls `record()`ed with this method (`method=` extra) under this path prefix."""
+        with self.lock:
+            return sum(1 for c in self.calls if (method is None or c.get("method") == method)
+                       and c["path"].startswith(path_prefix))
+
+    async def answer(self, status: int, body: Any, *, delay: float = 0.0,
+                     headers: dict[str, str] | None = None) -> Response:
+        """A JSON answer sent `delay` seconds late (the side effect already happened; a client
+        that gave up or was killed meanwhile just misses the answer)."""
+        if delay:
+            await asyncio.sleep(delay)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     def stats(self) -> dict[str, Any]:
         """Counts of every call received, by outcome (`status_429` is the number of 429s)."""
