@@ -204,7 +204,7 @@ async def test_a_worker_handed_a_kind_it_lacks_gives_it_back_unpaid(settings: Se
     await pool.execute("INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch, kinds) "
                        "VALUES ('knows-faq', $1, 'h', 1, 1, 0, $2)", settings.queue_name, ["faq"])
     out = await Client(settings, pool, app=plugin).enqueue("shop-faq", _faq("hojicha"))
-    job_id = uuid.UUID(out["jobs"][0]["id"])
+    job_id = uuid.UUID(out.jobs[0].id)
 
     async def released() -> list[Any] | None:
         await pool.execute("UPDATE bq_workers SET heartbeat_at = now() WHERE id = 'knows-faq'")
