@@ -19,10 +19,10 @@ from pydantic import Field
 from blogqueue import App, SourceFields
 from blogqueue.service.app import ROUTES, create_app
 from blogqueue.settings import Settings
-from tests.conftest import _free_port, wait_until
+from tests.conftest import _free_port
 from tests.http_fixtures import Api, TokenFactory, keyword
 from tests.openapi_contract import DOCUMENT, check
-from tests.test_http_serve import _cli, _start_serve
+from tests.test_http_serve import _cli, _start_serve, _wait_up
 
 
 def test_routes_and_document_agree() -> None:
@@ -145,14 +145,7 @@ async def test_schemathesis_finds_no_5xx_and_no_response_outside_the_document(
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            async def up() -> bool:
-                try:
-                    return (await http.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    assert proc.poll() is None, log_path.read_text()
-                    return False
-
-            await wait_until(up, timeout=60, what="blogqueue serve to answer /healthz")
+            await _wait_up(http, proc, log_path, timeout=60)
             assert (await http.get("/openapi.json")).json() == DOCUMENT  # the served one is the tested one
         run = await asyncio.to_thread(
             subprocess.run,

@@ -37,6 +37,19 @@ def _start_serve(settings: Settings, port: int, log_path: Path) -> subprocess.Po
                                 env=_env(settings, BLOGQUEUE_LOG_FORMAT="json"), stdout=log, stderr=subprocess.STDOUT)
 
 
+async def _wait_up(http: httpx.AsyncClient, proc: subprocess.Popen[bytes], log_path: Path,
+                   timeout: float = 60) -> None:
+    """Until the started `blogqueue serve` answers /healthz (failing at once, with its log, if it died)."""
+    async def up() -> bool:
+        try:
+            return (await http.get("/healthz")).json() == {"status": "ok"}
+        except httpx.TransportError:
+            assert proc.poll() is None, log_path.read_text()  # noqa: ASYNC240 (only on failure)
+            return False
+
+    await wait_until(up, timeout=timeout, what="blogqueue serve to answer /healthz")
+
+
 async def test_token_cli_create_list_revoke(settings: Settings, pool: asyncpg.Pool) -> None:
     made = _cli(settings, "token", "create", "--tenant", "shop-cli", "--user", "ann")
     assert made.returncode == 0, made.stderr
@@ -75,14 +88,7 @@ async def test_serve_answers_and_logs_without_secrets(settings: Settings, tmp_pa
     proc = _start_serve(settings, port, log_path)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            async def up() -> bool:
-                try:
-                    return (await http.get("/healthz")).json() == {"status": "ok"}
-                except httpx.TransportError:
-                    assert proc.poll() is None, log_path.read_text()
-                    return False
-
-            await wait_until(up, timeout=30, what="blogqueue serve to answer /healthz")
+            await _wait_up(http, proc, log_path, timeout=30)
             auth = {"Authorization": f"Bearer {token}"}
             made = await http.post("/v1/jobs", json={"source": {"type": "keyword", "keyword": "tea"}}, headers=auth)
             assert made.status_code == 202
@@ -132,14 +138,7 @@ async def test_oversized_body_gets_the_413_even_while_the_client_is_still_sendin
     url = f"http://127.0.0.1:{port}/v1/jobs"
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            async def up() -> bool:
-                try:
-                    return (await http.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    assert proc.poll() is None, log_path.read_text()
-                    return False
-
-            await wait_until(up, timeout=60, what="blogqueue serve to answer /healthz")
+            await _wait_up(http, proc, log_path, timeout=60)
         big = b"{\"jobs\": [" + b" " * (3 * limit) + b"]}"
         for body in (big, [big[i:i + 65536] for i in range(0, len(big), 65536)]):
             status, answer = await asyncio.to_thread(_urllib_post, url, token, body)

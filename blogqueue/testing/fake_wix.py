@@ -260,7 +260,8 @@ class FakeWix(FakeServer):
             return None, token, _error(403, "PERMISSION_DENIED", "this token does not reach that site")
         return issued.site_id, token, None
 
-    async def _product(self, request: Request) -> Response:
+    async def _admit(self, request: Request) -> tuple[str, str | None] | Response:
+        """An injected fault or an auth refusal (logged, as the answer), else (site, token)."""
         fault = await self._fault()
         if fault is not None:
             self._log(request, fault.status_code)
@@ -270,6 +271,13 @@ class FakeWix(FakeServer):
             self._log(request, err.status_code, token=token)
             return err
         assert site is not None
+        return site, token
+
+    async def _product(self, request: Request) -> Response:
+        admitted = await self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        site, token = admitted
         pid = request.path_params["product_id"]
         with self.lock:
             product = self.products.get(site, {}).get(pid)
@@ -285,14 +293,10 @@ class FakeWix(FakeServer):
         return JSONResponse({"product": product})
 
     async def _draft(self, request: Request) -> Response:
-        fault = await self._fault()
-        if fault is not None:
-            self._log(request, fault.status_code)
-            return fault
-        site, token, err = self._site(request)
-        if err is not None:
-            self._log(request, err.status_code, token=token)
-            return err
+        admitted = await self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        site, token = admitted
         key = request.headers.get("idempotency-key") or uuid.uuid4().hex
         body = (await request.json()) or {}
         with self.lock:
