@@ -194,8 +194,11 @@ async def _token(settings: Settings, instance_id: str, stale: str | None) -> str
             return current
         if await proc.redis.set(lock_key, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
             try:
-                # Re-read under the lock: the previous holder may have stored a token just now.
-                cached = await proc.redis.get(token_key)
+                # Re-read under the lock: the previous holder may have stored a token, or learnt
+                # that the installation is gone, just now (then nobody asks Wix again).
+                cached, refused = await proc.redis.mget(token_key, refused_key)
+                if refused is not None:
+                    raise _refused(refused.decode())
                 current = _open(settings, cached, ad) if cached is not None else None
                 if current is not None and current != stale:
                     return current
