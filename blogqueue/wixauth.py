@@ -185,22 +185,23 @@ async def _token(settings: Settings, instance_id: str, stale: str | None) -> str
     owner = uuid.uuid4().hex
     # A waiter gives up after two holders' budgets (one may have been killed holding the lock).
     deadline = time.monotonic() + 2 * LOCK_TTL_S
-    while True:
+
+    async def usable() -> str | None:
+        """The cached token unless it is the stale one; raises while the installation is known gone."""
         cached, refused = await proc.redis.mget(token_key, refused_key)
         if refused is not None:
             raise _refused(refused.decode())
         current = _open(settings, cached, ad) if cached is not None else None
-        if current is not None and current != stale:
+        return current if current is not None and current != stale else None
+
+    while True:
+        if (current := await usable()) is not None:
             return current
         if await proc.redis.set(lock_key, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
             try:
                 # Re-read under the lock: the previous holder may have stored a token, or learnt
                 # that the installation is gone, just now (then nobody asks Wix again).
-                cached, refused = await proc.redis.mget(token_key, refused_key)
-                if refused is not None:
-                    raise _refused(refused.decode())
-                current = _open(settings, cached, ad) if cached is not None else None
-                if current is not None and current != stale:
+                if (current := await usable()) is not None:
                     return current
                 return await _create(settings, proc.redis, instance_id, token_key, refused_key, ad)
             finally:
