@@ -148,9 +148,6 @@ class FakeWix(FakeServer):
         with self.lock:
             self._hold.append(seconds)
 
-    def close(self) -> None:
-        self.stop()
-
     # -- webhooks Wix sends to the app -----------------------------------------------------------
 
     @property
@@ -181,11 +178,6 @@ class FakeWix(FakeServer):
         body = b64(json.dumps(claims).encode())
         sig = self._signing_key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{head}.{body}.{b64(sig)}".encode()
-
-    def count(self, method: str | None = None, path_prefix: str = "") -> int:
-        with self.lock:
-            return sum(1 for c in self.calls if (method is None or c["method"] == method)
-                       and c["path"].startswith(path_prefix))
 
     def tokens_of(self, site_id: str) -> set[str]:
         with self.lock:
