@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_create = token_sub.add_parser("create", help="print a new token once (only its hash is stored)")
     t_create.add_argument("--tenant", required=True)
     t_create.add_argument("--user")
-    t_create.add_argument("--admin", action="store_true", help="sees every tenant and the metrics")
+    t_scope = t_create.add_mutually_exclusive_group()
+    t_scope.add_argument("--admin", action="store_true", help="sees every tenant and the metrics")
+    t_scope.add_argument("--metrics", action="store_true",
+                         help="reads GET /metrics and nothing else (for a Prometheus scraper)")
     t_revoke = token_sub.add_parser("revoke", help="revoke a token by its id (or an unambiguous prefix)")
     t_revoke.add_argument("token_id")
     t_list = token_sub.add_parser("list", help="a tenant's tokens, without secrets")

@@ -1,12 +1,14 @@
 """Operational figures for `GET /v1/metrics` and `GET /metrics`, read from PostgreSQL.
 
 `collect()` returns one plain dict; the service renders it as JSON or as
-Prometheus text. `buckets` stays an empty list until the rate limiter exists:
-its figures (limit, used, utilisation, 429s per bucket) will be appended there.
+Prometheus text. `buckets` is filled by the service from Redis. `console()`
+adds what the operator console shows (DESIGN §12): per-tenant figures, recent
+failures and batches, the dispatcher leader, jobs finished by kind and outcome.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import asyncpg
@@ -38,7 +40,9 @@ async def collect(pool: asyncpg.Pool, settings: Settings, *, top_n: int | None =
         tp = await conn.fetchrow(Q["metrics_throughput"])
         lag = await conn.fetchrow(Q["metrics_dispatcher_lag"])
         workers = await conn.fetch(Q["metrics_workers"], settings.queue_name)
+        operator = await console(conn, settings, top)
     return {
+        **operator,
         "counts": {s: counts.get(s, 0) for s in PUBLIC_STATUSES},
         "backlog_by_tenant": [{"tenant_id": r["tenant_id"], "backlog": r["backlog"],
                                "in_flight": r["in_flight"]} for r in backlog],
@@ -58,3 +62,48 @@ async def collect(pool: asyncpg.Pool, settings: Settings, *, top_n: int | None =
         # The service fills this from Redis (ratelimit.bucket_stats); PostgreSQL has no bucket figures.
         "buckets": [],
     }
+
+
+# How many recent failures and batches the console lists: a screenful, not a history.
+RECENT_FAILURES = 20
+RECENT_BATCHES = 10
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def console(conn: asyncpg.Connection, settings: Settings, top: int) -> dict[str, Any]:
+    """The operator console's figures (`tenants`, `recent_failures`, `recent_batches`, `leader`,
+    `finished_5m`), each read through an index (see the console_* queries)."""
+    tenants = await conn.fetch(Q["console_tenants"], top)
+    failures = await conn.fetch(Q["console_recent_failures"], RECENT_FAILURES)
+    batches = await conn.fetch(Q["console_recent_batches"], RECENT_BATCHES)
+    leader = await conn.fetchrow(Q["console_leader"], settings.queue_name)
+    finished = await conn.fetch(Q["metrics_finished_by_outcome"])
+    return {
+        "tenants": [{
+            "tenant_id": r["tenant_id"], "backlog": r["backlog"], "in_flight": r["in_flight"],
+            "done_5m": r["done_5m"], "failed_5m": r["failed_5m"], "cancelled_5m": r["cancelled_5m"],
+            "first_start_wait_s": None if r["first_start_wait_s"] is None else round(r["first_start_wait_s"], 3),
+            "oldest_waiting_s": round(max(0.0, r["oldest_waiting_s"]), 3),
+        } for r in tenants],
+        "recent_failures": [{
+            "job_id": str(r["id"]), "tenant_id": r["tenant_id"], "batch_id": str(r["batch_id"]),
+            "kind": r["kind"], "stage": r["stage"], "attempt": r["attempt"], "error_code": r["error_code"],
+            "last_error": r["last_error"], "finished_at": _iso(r["finished_at"]),
+        } for r in failures],
+        "recent_batches": [{
+            "batch_id": str(r["id"]), "tenant_id": r["tenant_id"], "job_count": r["job_count"],
+            "created_at": _iso(r["created_at"]), "counts": _counts(r["counts"]),
+        } for r in batches],
+        "leader": None if leader is None else {
+            "worker_id": leader["holder"], "epoch": leader["epoch"],
+            "lease_left_s": round(leader["lease_left_s"], 3)},
+        "finished_5m": [{"kind": r["kind"], "outcome": r["outcome"], "n": r["n"]} for r in finished],
+    }
+
+
+def _counts(raw: Any) -> dict[str, int]:
+    data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    return {s: int(data.get(s, 0)) for s in PUBLIC_STATUSES}

@@ -448,12 +448,12 @@ WHERE (s.movement = 'charge' AND j.status <> 'done') OR (s.movement = 'release' 
 -- API tokens (HTTP service)
 
 -- name: token_insert
-INSERT INTO bq_tokens (id, tenant_id, user_id, is_admin, secret_hash)
-VALUES ($1, $2, $3, $4, $5)
-RETURNING id, tenant_id, user_id, is_admin, created_at;
+INSERT INTO bq_tokens (id, tenant_id, user_id, is_admin, secret_hash, scope)
+VALUES ($1, $2, $3, $5 = 'admin', $4, $5)
+RETURNING id, tenant_id, user_id, is_admin, scope, created_at;
 
 -- name: token_by_id
-SELECT id, tenant_id, user_id, is_admin, secret_hash, last_used_at
+SELECT id, tenant_id, user_id, is_admin, scope, secret_hash, last_used_at
 FROM bq_tokens WHERE id = $1 AND revoked_at IS NULL;
 
 -- name: token_touch
@@ -469,7 +469,7 @@ RETURNING id, tenant_id;
 SELECT id FROM bq_tokens WHERE starts_with(id, $1) AND revoked_at IS NULL ORDER BY id;
 
 -- name: token_list
-SELECT id, tenant_id, user_id, is_admin, created_at, revoked_at, last_used_at
+SELECT id, tenant_id, user_id, is_admin, scope, created_at, revoked_at, last_used_at
 FROM bq_tokens WHERE tenant_id = $1 ORDER BY created_at, id;
 
 -- ---------------------------------------------------------------------------
@@ -565,3 +565,65 @@ DELETE FROM bq_wix_installations WHERE instance_id = $1 RETURNING tenant_id;
 
 -- name: wix_instance_for_tenant
 SELECT instance_id FROM bq_wix_installations WHERE tenant_id = $1;
+
+-- ---------------------------------------------------------------------------
+-- The operator console's figures (GET /v1/metrics: tenants, recent failures and
+-- batches, leader; DESIGN §12) and the Prometheus finished-by-outcome gauge.
+
+-- name: console_tenants
+-- Per tenant: backlog and in flight now; done / failed / cancelled in the last 5 minutes;
+-- the median wait to first start of jobs first started in the last 5 minutes (from when they
+-- could run: created, or their run_at; jobs retried since are left out, their run_at moved);
+-- and how long its oldest never-started ready job has waited. Reads only unfinished rows
+-- (bq_jobs_backlog) and rows finished in 5 minutes (bq_jobs_finished): a job first started
+-- in the last 5 minutes is one of the two.
+WITH recent AS (
+    SELECT tenant_id, status, started_at, created_at, run_at, failures
+    FROM bq_jobs WHERE status IN ('scheduled', 'queued', 'dispatched', 'running')
+    UNION ALL
+    SELECT tenant_id, status, started_at, created_at, run_at, failures
+    FROM bq_jobs WHERE finished_at > now() - interval '5 minutes' AND status IN ('done', 'failed', 'cancelled')
+)
+SELECT tenant_id,
+       count(*) FILTER (WHERE status IN ('scheduled', 'queued', 'dispatched', 'running'))::bigint AS backlog,
+       count(*) FILTER (WHERE status IN ('dispatched', 'running'))::bigint AS in_flight,
+       count(*) FILTER (WHERE status = 'done')::bigint AS done_5m,
+       count(*) FILTER (WHERE status = 'failed')::bigint AS failed_5m,
+       count(*) FILTER (WHERE status = 'cancelled')::bigint AS cancelled_5m,
+       (percentile_cont(0.5) WITHIN GROUP (
+            ORDER BY extract(epoch FROM started_at - greatest(created_at, run_at)))
+        FILTER (WHERE started_at > now() - interval '5 minutes' AND failures = 0))::float8 AS first_start_wait_s,
+       coalesce(max(extract(epoch FROM now() - greatest(created_at, run_at)))
+                FILTER (WHERE status = 'queued' AND started_at IS NULL), 0)::float8 AS oldest_waiting_s
+FROM recent
+GROUP BY tenant_id
+ORDER BY backlog DESC, count(*) DESC, tenant_id
+LIMIT $1;
+
+-- name: console_recent_failures
+-- Newest failed jobs first (bq_jobs_failed_recent).
+SELECT id, tenant_id, batch_id, kind, stage, attempt, error_code, last_error, finished_at
+FROM bq_jobs WHERE status = 'failed'
+ORDER BY finished_at DESC LIMIT $1;
+
+-- name: console_recent_batches
+-- The newest batches with their jobs counted by public status (bq_batches_created, bq_jobs_batch).
+SELECT b.id, b.tenant_id, b.job_count, b.created_at, c.counts
+FROM (SELECT * FROM bq_batches ORDER BY created_at DESC LIMIT $1) b
+CROSS JOIN LATERAL (
+    SELECT coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb) AS counts
+    FROM (SELECT bq_public_status(status, failures) AS status, count(*) AS n
+          FROM bq_jobs WHERE batch_id = b.id GROUP BY 1) s
+) c
+ORDER BY b.created_at DESC, b.id;
+
+-- name: console_leader
+SELECT holder, epoch, greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left_s
+FROM bq_leader WHERE queue_name = $1;
+
+-- name: metrics_finished_by_outcome
+-- Jobs finished in the last 5 minutes by kind and outcome (bq_jobs_finished): the error-rate
+-- alert's input. A window over an index, so a scrape costs the same on a table of millions.
+SELECT kind, status AS outcome, count(*)::bigint AS n
+FROM bq_jobs WHERE finished_at > now() - interval '5 minutes' AND status IN ('done', 'failed', 'cancelled')
+GROUP BY kind, status ORDER BY kind, status;

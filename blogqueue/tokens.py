@@ -27,6 +27,8 @@ _TOKEN = re.compile(r"^bq_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 # last_used_at is coarse on purpose: one write per token per minute, not one per request.
 TOUCH_EVERY = timedelta(minutes=1)
 _PREFIX = re.compile(r"^(?:bq_)?([0-9a-f]{4,12})")
+# What a token may do: its tenant's work; every tenant's work and the metrics; only `GET /metrics`.
+SCOPES = ("tenant", "admin", "metrics")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Principal:
     tenant_id: str
     user_id: str | None
     is_admin: bool
+    # One of SCOPES. A 'metrics' token (for a Prometheus scraper) is refused everywhere but /metrics.
+    token_scope: str = "tenant"
 
     @property
     def scope(self) -> str | None:
@@ -49,15 +53,21 @@ def _hash(secret: str) -> str:
 
 
 async def create(pool: asyncpg.Pool, tenant_id: str, *, user_id: str | None = None,
-                 is_admin: bool = False) -> tuple[str, dict[str, Any]]:
-    """A new token; returns (token, its row without secrets). The token is never stored."""
+                 is_admin: bool = False, scope: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A new token; returns (token, its row without secrets). The token is never stored.
+
+    `scope` is one of SCOPES (default: 'admin' when `is_admin`, else 'tenant').
+    """
+    scope = scope if scope is not None else ("admin" if is_admin else "tenant")
+    if scope not in SCOPES or (is_admin and scope != "admin"):
+        raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}", details={"field": "scope"})
     if not isinstance(tenant_id, str) or not 0 < len(tenant_id) <= 200:
         raise InvalidInput("tenant must be a string of 1 to 200 characters", details={"field": "tenant"})
     if user_id is not None and not 0 < len(user_id) <= 200:
         raise InvalidInput("user must be a string of 1 to 200 characters", details={"field": "user"})
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    row = await pool.fetchrow(Q["token_insert"], token_id, tenant_id, user_id, is_admin, _hash(secret))
+    row = await pool.fetchrow(Q["token_insert"], token_id, tenant_id, user_id, _hash(secret), scope)
     return f"bq_{token_id}_{secret}", _public(row)
 
 
@@ -75,7 +85,7 @@ async def verify(pool: asyncpg.Pool, token: str) -> Principal | None:
     last = row["last_used_at"]
     if last is None or datetime.now(UTC) - last > TOUCH_EVERY:
         await pool.execute(Q["token_touch"], token_id)
-    return Principal(token_id, row["tenant_id"], row["user_id"], row["is_admin"])
+    return Principal(token_id, row["tenant_id"], row["user_id"], row["is_admin"], row["scope"])
 
 
 async def revoke(pool: asyncpg.Pool, id_or_prefix: str) -> dict[str, Any]:

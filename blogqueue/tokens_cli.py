@@ -15,12 +15,13 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     pool = await db.create_pool(settings, max_size=2)
     try:
         if args.token_command == "create":
-            token, row = await tokens.create(pool, args.tenant, user_id=args.user, is_admin=args.admin)
+            scope = "admin" if args.admin else "metrics" if args.metrics else "tenant"
+            token, row = await tokens.create(pool, args.tenant, user_id=args.user, scope=scope)
             # The token alone on stdout, so `TOKEN=$(blogqueue token create ...)` works;
             # what it is goes to stderr.
             print(token)
             print(f"token {row['id']} for tenant {row['tenant_id']}"
-                  f"{' (admin)' if row['is_admin'] else ''}: shown once, store it now", file=sys.stderr)
+                  f"{'' if scope == 'tenant' else f' ({scope})'}: shown once, store it now", file=sys.stderr)
         elif args.token_command == "revoke":
             print(json.dumps(await tokens.revoke(pool, args.token_id)))
         else:

@@ -22,8 +22,9 @@ from blogqueue.app import App, load
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 
-from . import health, metrics, openapi, routes_ai_settings, routes_jobs, routes_wix
+from . import console, health, metrics, openapi, routes_ai_settings, routes_jobs, routes_wix
 from .errors import HANDLERS
+from .httpmetrics import HttpMetrics, LatencyMiddleware
 
 log = structlog.get_logger("blogqueue.service")
 
@@ -44,6 +45,7 @@ ROUTES = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     *routes_wix.ROUTES,
+    *console.ROUTES,
 ]
 
 
@@ -102,6 +104,8 @@ def create_app(settings: Settings, bq_app: App | None = None) -> Starlette:
 
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.bq_app = bq_app
+    app.state.http_metrics = HttpMetrics(app.routes)
+    app.add_middleware(LatencyMiddleware, metrics=app.state.http_metrics)
     app.add_middleware(AccessLog)
     return app
 

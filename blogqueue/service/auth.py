@@ -13,7 +13,8 @@ from blogqueue.tokens import Principal
 from .errors import Forbidden, Unauthorized
 
 
-async def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request, *, metrics_scope_ok: bool = False) -> Principal:
+    """The token's principal. A metrics-only token is refused (403) unless `metrics_scope_ok`."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
@@ -24,6 +25,8 @@ async def authenticate(request: Request) -> Principal:
     if principal is None:
         raise Unauthorized("invalid or revoked token")
     request.state.tenant = principal.tenant_id
+    if principal.token_scope == "metrics" and not metrics_scope_ok:
+        raise Forbidden("this token may only read GET /metrics")
     return principal
 
 
@@ -32,4 +35,12 @@ async def authenticate_admin(request: Request) -> Principal:
     principal = await authenticate(request)
     if not principal.is_admin:
         raise Forbidden("this endpoint needs an admin token")
+    return principal
+
+
+async def authenticate_scraper(request: Request) -> Principal:
+    """`GET /metrics`: an admin token or a metrics-only one (403 otherwise)."""
+    principal = await authenticate(request, metrics_scope_ok=True)
+    if not (principal.is_admin or principal.token_scope == "metrics"):
+        raise Forbidden("this endpoint needs an admin or a metrics token")
     return principal

@@ -1,4 +1,4 @@
-"""`GET /v1/metrics` (JSON) and `GET /metrics` (Prometheus text), both admin-only.
+"""`GET /v1/metrics` (JSON, admin) and `GET /metrics` (Prometheus text, admin or metrics-only token).
 
 Prometheus output is built per scrape: a fresh registry with one collector
 that turns the library's metrics dict into metric families, so every scrape
@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from blogqueue import ratelimit
 from blogqueue.settings import Settings
 
-from .auth import authenticate_admin
+from .auth import authenticate_admin, authenticate_scraper
 
 log = structlog.get_logger("blogqueue.service")
 
@@ -59,10 +59,11 @@ async def metrics_json(request: Request) -> JSONResponse:
 
 
 async def metrics_prometheus(request: Request) -> Response:
-    await authenticate_admin(request)
+    await authenticate_scraper(request)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(await _collect(request)))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry) + request.app.state.http_metrics.exposition()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class SnapshotCollector(Collector):
@@ -98,6 +99,12 @@ class SnapshotCollector(Collector):
             rate.add_metric([window], tp[f"finished_{window}"] / seconds)
         yield finished
         yield rate
+        by_outcome = GaugeMetricFamily(
+            "blogqueue_jobs_finished_5m", "Jobs finished in the last 5 minutes by kind and outcome "
+            "(done, failed, cancelled)", labels=["kind", "outcome"])
+        for row in d["finished_5m"]:
+            by_outcome.add_metric([row["kind"], row["outcome"]], row["n"])
+        yield by_outcome
 
         yield GaugeMetricFamily("blogqueue_dispatcher_lag_seconds",
                                 "Age of the oldest ready job not yet dispatched", value=d["dispatcher"]["lag_s"])

@@ -26,7 +26,7 @@ from blogqueue.app import App
 from blogqueue.jobs import PUBLIC_STATUSES
 from blogqueue.models import Batch, Enqueued, JobDetail, JobPage, Stopped
 
-from . import routes_wix, schemas
+from . import console, routes_wix, schemas
 
 Mode = Literal["validation", "serialization"]
 
@@ -72,14 +72,17 @@ def _err(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-AUTH_ERRORS = {"401": _err("missing, malformed or revoked token"), "503": _err("PostgreSQL unreachable")}
+AUTH_ERRORS = {"401": _err("missing, malformed or revoked token"),
+               "403": _err("a metrics-only token: it reads GET /metrics and nothing else"),
+               "503": _err("PostgreSQL unreachable")}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = None,
         body: dict[str, Any] | None = None, auth: bool = True) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **(AUTH_ERRORS if auth else {})}}
+    common = {k: v for k, v in AUTH_ERRORS.items() if k not in responses} if auth else {}
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **common}}
     if params:
         op["parameters"] = params
     if body:
@@ -133,9 +136,12 @@ def _paths() -> dict[str, Any]:
         "/v1/batches/{batch_id}/stop": {"post": _op("Stop a batch", {
             "200": _json(_ref("Stopped"), "stopped"), "404": _err("unknown or another tenant's batch"),
         }, params=[BATCH_ID])},
-        "/v1/stop": {"post": _op("Stop all of the caller's tenant's queued and running jobs", {
+        "/v1/stop": {"post": _op("Stop all of the caller's tenant's queued and running jobs (an admin token: "
+                                 "those of the tenant named by ?tenant=)", {
             "200": _json(_ref("Stopped"), "stopped"),
-        })},
+            "403": _err("?tenant= names another tenant and the token is not an admin's"),
+            "422": _err("unknown query parameter, or an empty or over-long tenant"),
+        }, params=[{"name": "tenant", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": 200}}])},
         "/v1/credits": {"get": _op("The caller's tenant's credit balance", {
             "200": _json(_ref("Credits"), "the balance"),
         })},
@@ -148,10 +154,11 @@ def _paths() -> dict[str, Any]:
         "/v1/metrics": {"get": _op("Operational metrics (admin)", {
             "200": _json(_ref("Metrics"), "metrics"), "403": _err("not an admin token"),
         })},
-        "/metrics": {"get": _op("The same metrics in Prometheus text format (admin)", {
+        "/metrics": {"get": _op("The metrics in Prometheus text format, with HTTP latency histograms "
+                                "(an admin or a metrics-only token)", {
             "200": {"description": "Prometheus text exposition",
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "403": _err("not an admin token"),
+            "403": _err("neither an admin nor a metrics token"),
         })},
         "/healthz": {"get": _op("The process is alive", {"200": _json(_ref("Health"), "alive")}, auth=False)},
         "/readyz": {"get": _op("PostgreSQL and Redis reachable", {
@@ -212,7 +219,7 @@ def build(reg: Registry) -> dict[str, Any]:
                  "description": "AI content job system. See docs/http.md."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": {**_paths(), **routes_wix.openapi_paths(_op, _json, _err, _ref)},
+        "paths": {**_paths(), **routes_wix.openapi_paths(_op, _json, _err, _ref), **console.openapi_paths(_op, _err)},
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

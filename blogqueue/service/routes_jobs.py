@@ -19,6 +19,7 @@ from blogqueue.errors import InvalidInput
 
 from .auth import authenticate
 from .bodies import read_json
+from .errors import Forbidden
 
 ENVELOPE_FIELDS = {"jobs"}
 LIST_PARAMS = {"status", "batch_id", "limit", "cursor"}
@@ -91,9 +92,18 @@ async def stop_batch(request: Request) -> Response:
 
 
 async def stop_tenant(request: Request) -> Response:
-    """Stops the caller's own tenant, admin or not: stopping every tenant is not an HTTP call."""
+    """Stops the caller's own tenant; an admin names another with `?tenant=T` (the console's
+    "stop tenant"). Stopping every tenant at once is not an HTTP call."""
     principal = await authenticate(request)
-    return _answer(await _client(request).stop_tenant(principal.tenant_id))
+    unknown = sorted(set(request.query_params) - {"tenant"})
+    if unknown:
+        raise InvalidInput(f"{unknown[0]} is not a known query parameter", details={"field": unknown[0]})
+    tenant = request.query_params.get("tenant", principal.tenant_id)
+    if not 0 < len(tenant) <= 200:
+        raise InvalidInput("tenant must be a string of 1 to 200 characters", details={"field": "tenant"})
+    if tenant != principal.tenant_id and not principal.is_admin:
+        raise Forbidden("only an admin token may stop another tenant")
+    return _answer(await _client(request).stop_tenant(tenant))
 
 
 async def credits(request: Request) -> JSONResponse:

@@ -173,8 +173,58 @@ class Bucket(BaseModel):
     tokens_used_total: int
 
 
+class TenantFigures(_Body):
+    tenant_id: str
+    backlog: int = Field(ge=0, description="unfinished jobs")
+    in_flight: int = Field(ge=0, description="dispatched or running")
+    done_5m: int = Field(ge=0)
+    failed_5m: int = Field(ge=0)
+    cancelled_5m: int = Field(ge=0)
+    first_start_wait_s: float | None = Field(description="median wait to first start of the jobs first "
+                                                         "started in the last 5 minutes; null if none")
+    oldest_waiting_s: float = Field(ge=0, description="wait so far of its oldest ready job never started")
+
+
+class RecentFailure(_Body):
+    job_id: str
+    tenant_id: str
+    batch_id: str
+    kind: str
+    stage: str | None
+    attempt: int
+    error_code: str | None
+    last_error: str | None
+    finished_at: str | None
+
+
+class RecentBatch(_Body):
+    batch_id: str
+    tenant_id: str
+    job_count: int = Field(ge=0)
+    created_at: str
+    counts: dict[PublicStatus, int]
+
+
+class Leader(_Body):
+    worker_id: str
+    epoch: int
+    lease_left_s: float = Field(ge=0)
+
+
+class FinishedByOutcome(_Body):
+    kind: str
+    outcome: Literal["done", "failed", "cancelled"]
+    n: int = Field(ge=0)
+
+
 class Metrics(_Body):
     counts: dict[PublicStatus, int]
+    tenants: list[TenantFigures] = Field(description="the tenants with the largest backlog, then the busiest "
+                                                     "in the last 5 minutes (METRICS_TOP_TENANTS)")
+    recent_failures: list[RecentFailure] = Field(description="the newest failed jobs")
+    recent_batches: list[RecentBatch] = Field(description="the newest batches with their counts")
+    leader: Leader | None = Field(description="the dispatcher leader's lease; null before any worker ran")
+    finished_5m: list[FinishedByOutcome] = Field(description="jobs finished in the last 5 minutes")
     backlog_by_tenant: list[TenantBacklog]
     throughput: Throughput
     dispatcher: DispatcherState
