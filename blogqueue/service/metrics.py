@@ -102,8 +102,11 @@ class SnapshotCollector(Collector):
         by_outcome = GaugeMetricFamily(
             "blogqueue_jobs_finished_5m", "Jobs finished in the last 5 minutes by kind and outcome "
             "(done, failed, cancelled)", labels=["kind", "outcome"])
-        for row in d["finished_5m"]:
-            by_outcome.add_metric([row["kind"], row["outcome"]], row["n"])
+        # Every outcome of every kind seen, zeros included: a ratio of two series needs both.
+        seen = {(r["kind"], r["outcome"]): r["n"] for r in d["finished_5m"]}
+        for kind in sorted({k for k, _ in seen}):
+            for outcome in ("done", "failed", "cancelled"):
+                by_outcome.add_metric([kind, outcome], seen.get((kind, outcome), 0))
         yield by_outcome
 
         yield GaugeMetricFamily("blogqueue_dispatcher_lag_seconds",
