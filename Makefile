@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ENV_FILE := .blogqueue/env
 LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 
-.PHONY: install services test-deps migrate test chaos lint demo bench bench-http bench-ratelimit bench-token-fairness bench-load bench-wix worker serve clean
+.PHONY: install services test-deps browser-deps promtool-deps console-screenshot migrate test chaos lint demo bench bench-http bench-ratelimit bench-token-fairness bench-load bench-wix worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,26 @@ test-deps:
 	  { apt-get install -y -q iproute2 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q iproute2 >/dev/null; }; }; } || \
 	  echo "note: iproute2 is not installed; the network-partition test will skip"
 
-test: services test-deps
+# The console's browser tests drive Debian's `chromium` (Playwright, never a downloaded browser), and
+# the alert rules are checked with promtool (Debian's `prometheus` package). Installed with apt-get
+# when missing and possible (root + apt); otherwise the tests that need them skip, saying why.
+APT_INSTALL = [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(1) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(1) >/dev/null; }; }
+
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { $(call APT_INSTALL,chromium); } || \
+	  echo "note: chromium is not installed and could not be (needs root and apt-get); the console's browser tests will skip"
+
+promtool-deps:
+	@command -v promtool >/dev/null 2>&1 || { $(call APT_INSTALL,prometheus); } || \
+	  echo "note: promtool is not installed and could not be (needs root and apt-get); the promtool checks will skip"
+
+# Re-takes docs/console.png from a live service, worker and browser (the browser test's scene).
+console-screenshot: services browser-deps
+	$(LOAD_ENV) BLOGQUEUE_CONSOLE_SCREENSHOT=docs/console.png $(PY) -m pytest tests/test_console_browser.py -k screenshot -q
+
+test: services test-deps browser-deps promtool-deps
 	$(LOAD_ENV) $(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(LOAD_ENV) $(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
