@@ -177,16 +177,21 @@ function renderTenants(tenants) {
     el("td", { class: `num ${t.failed_5m ? "bad" : ""}`, text: t.failed_5m }),
     el("td", { class: "num", text: seconds(t.first_start_wait_s) }),
     el("td", { class: "num", text: seconds(t.oldest_waiting_s) }),
-    el("td", {}, action("Stop tenant", `stop-tenant`, t.backlog === 0,
+    el("td", {}, action("Stop tenant", "stop-tenant", `stop-tenant:${t.tenant_id}`, t.backlog === 0,
       () => act("POST", `/v1/stop?tenant=${encodeURIComponent(t.tenant_id)}`, `tenant ${t.tenant_id}`))),
   )), "no tenant has work now or in the last 5 minutes");
 }
 
+function compact(n) {
+  if (n >= 1e6) return `${+(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e4) return `${+(n / 1e3).toFixed(1)}k`;
+  return String(n);
+}
+
 function limitText(l) {
   const parts = [];
-  if (l.rpm !== null && l.rpm !== undefined) parts.push(`${l.rpm} rpm`);
-  for (const d of ["tpm", "itpm", "otpm"]) if (l[d] !== null && l[d] !== undefined) parts.push(`${l[d]} ${d}`);
-  return parts.join(", ") || "none";
+  for (const d of ["rpm", "tpm", "itpm", "otpm"]) if (l[d] !== null && l[d] !== undefined) parts.push(`${compact(l[d])} ${d}`);
+  return parts.join(" · ") || "none";
 }
 
 function bar(fraction, cls) {
@@ -201,7 +206,7 @@ function renderBuckets(buckets) {
       el("td", { text: b.provider }),
       el("td", { class: "id", text: b.key_hash }),
       el("td", { text: limitText(b.limit) }),
-      el("td", { class: "num", text: `${b.used.requests} req, ${b.used.tokens} tok` }),
+      el("td", { class: "num", text: `${compact(b.used.requests)} req · ${compact(b.used.tokens)} tok` }),
       el("td", {}, u === null ? "–" : el("span", { class: "util" }, bar(u, u > 0.9 ? "hot" : ""),
         el("span", { class: "num", text: `${(u * 100).toFixed(1)} %` }))),
       el("td", { class: `num ${b.rate_limited_429 ? "bad" : ""}`, text: b.rate_limited_429 }),
@@ -258,33 +263,39 @@ function renderBatches() {
       el("td", {}, progress),
       ...STATUSES.map((s) => el("td", { class: `num count-${s}`, text: counts[s] || 0 })),
       el("td", { class: "actions" },
-        action("Stop", "stop-batch", active === 0, () => act("POST", `/v1/batches/${b.batch_id}/stop`, `batch ${short(b.batch_id)}`)),
-        action("Retry failed", "retry-batch", !(counts.failed > 0), () => act("POST", `/v1/batches/${b.batch_id}/retry`, `failed jobs of batch ${short(b.batch_id)}`))));
+        action("Stop", "stop-batch", `stop-batch:${b.batch_id}`, active === 0, () => act("POST", `/v1/batches/${b.batch_id}/stop`, `batch ${short(b.batch_id)}`)),
+        action("Retry failed", "retry-batch", `retry-batch:${b.batch_id}`, !(counts.failed > 0), () => act("POST", `/v1/batches/${b.batch_id}/retry`, `failed jobs of batch ${short(b.batch_id)}`))));
   }), "no batch yet");
 }
 
 // -- actions: a destructive button asks for a second click within 4 s ----------------------------
+// The armed state is kept by action key, not by button: the tables are redrawn every few seconds.
 
-function action(label, cls, disabled, run) {
-  const button = el("button", { type: "button", class: `action ${cls}` }, label);
-  button.disabled = !!disabled;
+function action(label, cls, key, disabled, run) {
+  const armed = state.armed.has(key);
+  const button = el("button", { type: "button", class: `action ${cls}${armed ? " armed" : ""}`, "data-key": key },
+    armed ? `Confirm: ${label.toLowerCase()}` : label);
+  button.disabled = !!disabled && !armed;
   button.addEventListener("click", () => {
-    if (!state.armed.has(button)) {
-      button.textContent = `Confirm: ${label.toLowerCase()}`;
-      button.classList.add("armed");
-      state.armed.set(button, setTimeout(() => {
-        state.armed.delete(button);
-        button.textContent = label;
-        button.classList.remove("armed");
-      }, 4000));
+    if (!state.armed.has(key)) {
+      state.armed.set(key, setTimeout(() => { state.armed.delete(key); redraw(key, label); }, 4000));
+      redraw(key, label);
       return;
     }
-    clearTimeout(state.armed.get(button));
-    state.armed.delete(button);
-    button.disabled = true;
+    clearTimeout(state.armed.get(key));
+    state.armed.delete(key);
+    for (const b of document.querySelectorAll(`button[data-key="${CSS.escape(key)}"]`)) b.disabled = true;
     run();
   });
   return button;
+}
+
+function redraw(key, label) {
+  const armed = state.armed.has(key);
+  for (const b of document.querySelectorAll(`button[data-key="${CSS.escape(key)}"]`)) {
+    b.textContent = armed ? `Confirm: ${label.toLowerCase()}` : label;
+    b.classList.toggle("armed", armed);
+  }
 }
 
 async function act(method, path, what) {
