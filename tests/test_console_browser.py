@@ -34,7 +34,8 @@ except ImportError:  # pragma: no cover - the test extra installs it
     async_playwright = None  # type: ignore[assignment]
 
 pytestmark = [
-    pytest.mark.skipif(async_playwright is None, reason="playwright (Python) is not installed: pip install -e '.[test]'"),
+    pytest.mark.skipif(async_playwright is None,
+                       reason="playwright (Python) is not installed: pip install -e '.[test]'"),
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed and `make browser-deps` could "
                                                 "not install it (it needs root and apt-get: apt-get install chromium)"),
 ]
