@@ -22,7 +22,7 @@ from blogqueue.app import App, load
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 
-from . import health, metrics, openapi, routes_ai_settings, routes_jobs, routes_wix
+from . import health, metrics, openapi, routes_ai_settings, routes_events, routes_jobs, routes_wix
 from .errors import HANDLERS
 
 log = structlog.get_logger("blogqueue.service")
@@ -44,6 +44,7 @@ ROUTES = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     *routes_wix.ROUTES,
+    *routes_events.ROUTES,
 ]
 
 
