@@ -199,8 +199,9 @@ class EventHub:
         self._pending: tuple[int, list[int], float] | None = None  # (highest id seen, open xids, since)
         self._final = 0  # every id up to this one is visible or never coming
         self._wake = asyncio.Event()
+        self.polls = 0
         self.emitted = 0
-        self.dropped = 0
+        self.dropped = 0  # readers cut off for falling behind
 
     # -- readers ------------------------------------------------------------------------
 
@@ -277,6 +278,7 @@ class EventHub:
         """One read of new events; returns True when it read a full page (more may be waiting)."""
         pending_xids = self._pending[1] if self._pending is not None else []
         rows = await self.pool.fetch(Q["events_poll"], self.cursor, POLL_LIMIT, pending_xids)
+        self.polls += 1
         head = rows[0]
         found = [r for r in rows if r["id"] is not None]
         full = len(found) >= POLL_LIMIT
