@@ -32,8 +32,22 @@ from . import aisettings, credits, db, metrics, tokens, wixinstall
 from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
+from .events import EventHub, Feed
 from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, wait_reason
-from .models import Batch, Enqueued, EnqueuedJob, Job, JobDetail, JobEvent, JobPage, PublicStatus, StageRecord, Stopped
+from .models import (
+    Batch,
+    Enqueued,
+    EnqueuedJob,
+    Job,
+    JobDetail,
+    JobEvent,
+    JobPage,
+    PublicStatus,
+    Retried,
+    StageRecord,
+    Stopped,
+    StreamEvent,
+)
 from .settings import Settings
 from .tokens import Principal
 
@@ -57,6 +71,7 @@ class Client:
         # waiting on the tenant's advisory lock with a pooled connection in hand would
         # let one busy tenant hold the whole pool while other tenants' reads queue.
         self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._events: EventHub | None = None  # the event stream's poller, started by the first reader
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -79,6 +94,8 @@ class Client:
         return cls(settings, await db.create_pool(settings), owns_pool=True, app=app)
 
     async def close(self) -> None:
+        if self._events is not None:
+            await self._events.close()
         if self._owns_pool:
             await self.pool.close()
 
@@ -283,6 +300,76 @@ class Client:
             if stopping:
                 await conn.execute(Q["notify_cancel"], "check")
         return Stopped(cancelled=len(rows) - stopping, stopping=stopping)
+
+    # -- retry -----------------------------------------------------------------
+
+    async def retry_batch(self, batch_id: str, tenant_id: str | None = None) -> Retried:
+        """Queues the batch's failed jobs again; NotFound if the batch is not the tenant's.
+
+        Each job resumes at its first unsaved stage (saved outputs are kept, a paid call whose
+        result was saved is not made again). Its failures start from 0, so the retry schedule
+        applies afresh; its attempt number keeps counting up (attempts are fenced by it). Like an
+        enqueue it passes the backlog limits (BacklogFull) and, where credits are on, reserves the
+        job's cost again (InsufficientCredits): all the failed jobs are queued again, or none is.
+        """
+        bid = _uuid(batch_id, "batch")
+        batch = await self.pool.fetchrow(Q["get_batch"], bid, tenant_id)
+        if batch is None:
+            raise NotFound("no such batch", details={"id": batch_id})
+        owner = batch["tenant_id"]
+        lock = self._tenant_locks.setdefault(owner, asyncio.Lock())
+        ids: list[uuid.UUID] = []
+        async with lock, self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q["lock_tenant_enqueue"], owner)
+            failed = await conn.fetch(Q["retry_candidates"], bid)
+            if failed:
+                counts = await conn.fetchrow(Q["backlog_counts"], owner)
+                self._check_backlog(counts, len(failed), await self._throughput(conn))
+                await credits.reserve_again(conn, self.settings, owner, [
+                    (r["id"], r["reserved"], r["retries"] + 1) for r in failed
+                    if r["reserved"] is not None and r["released"]])
+                ids = [r["id"] for r in await conn.fetch(Q["retry_jobs"], [r["id"] for r in failed])]
+                await conn.execute(Q["notify_dispatcher"], "retry")
+        return Retried(batch_id=str(bid), retried=len(ids), job_ids=[str(i) for i in ids])
+
+    # -- the event stream ------------------------------------------------------
+
+    async def event_feed(self, tenant_id: str | None, *, batch_id: str | None = None,
+                         after: int | None = None) -> Feed:
+        """A reader of the event stream (see `events`); NotFound for a batch not the tenant's.
+
+        Close it with `feed.close()` (or `async with`). The HTTP stream reads one of these.
+        """
+        if tenant_id is not None:
+            _check_tenant(tenant_id)
+        if batch_id is not None:
+            bid = _uuid(batch_id, "batch")
+            if await self.pool.fetchrow(Q["get_batch"], bid, tenant_id) is None:
+                raise NotFound("no such batch", details={"id": batch_id})
+            batch_id = str(bid)
+        if after is not None and (not isinstance(after, int) or after < 0):
+            raise InvalidInput("after must be an event id (a non-negative integer)", details={"field": "after"})
+        if self._events is None:
+            self._events = EventHub(self.settings, self.pool)
+        return await self._events.feed(tenant_id, batch_id=batch_id, after=after)
+
+    async def events(self, tenant_id: str | None, *, batch_id: str | None = None,
+                     after: int | None = None) -> AsyncIterator[StreamEvent]:
+        """Every change of the tenant's jobs (None: every tenant's), in order, as it happens.
+
+        Starts with the next event, or right after event id `after` (resume: nothing is missed,
+        nothing repeated). One poller per client serves all its readers (blogqueue/events.py).
+        A reader that falls `EVENTS_BUFFER` events behind gets StreamLagged, whose
+        `last_event_id` is where to resume.
+        """
+        feed = await self.event_feed(tenant_id, batch_id=batch_id, after=after)
+        try:
+            while True:
+                ev = await feed.get()
+                assert ev is not None  # no timeout: get waits for the next event
+                yield ev
+        finally:
+            feed.close()
 
     # -- AI settings -----------------------------------------------------------
 

@@ -5,7 +5,8 @@ job's cost in its own transaction; the job's final status change settles the
 reservation in the same statement through a trigger (charge when done,
 release when failed or cancelled), so a crash can never leave a finished job
 with its credits neither charged nor returned, and a job is charged at most
-once (unique key per job and movement).
+once (unique key per job, retry round and movement: a retried job reserves again,
+`reserve_again`).
 
 Spendable balance = grants - reserves + releases
                   = grants - charges - open reservations.
@@ -48,6 +49,23 @@ async def reserve(conn: asyncpg.Connection, settings: Settings, tenant_id: str,
             f"not enough credits: these jobs cost {needed}, the balance is {balance}",
             details={"required": needed, "balance": balance})
     await conn.execute(Q["credit_reserve"], tenant_id, [i for i, _ in jobs], amounts)
+    return needed
+
+
+async def reserve_again(conn: asyncpg.Connection, settings: Settings, tenant_id: str,
+                        jobs: list[tuple[uuid.UUID, int, int]]) -> int:
+    """A retry's new reservations `(job id, amount, round)` (the amount the job
+    reserved before), or raises InsufficientCredits. Same transaction and lock rules as `reserve`."""
+    if not settings.credits_enabled or not jobs:
+        return 0
+    needed = sum(amount for _, amount, _ in jobs)
+    balance = await conn.fetchval(Q["credit_balance"], tenant_id)
+    if needed > balance:
+        raise InsufficientCredits(
+            f"not enough credits: retrying these jobs costs {needed}, the balance is {balance}",
+            details={"required": needed, "balance": balance})
+    await conn.execute(Q["credit_reserve_round"], tenant_id, [j for j, _, _ in jobs], [a for _, a, _ in jobs],
+                       [r for _, _, r in jobs])
     return needed
 
 

@@ -127,3 +127,34 @@ class Stopped(_Model):
     stopping: int = Field(ge=0, description="running jobs told to stop at their next boundary")
     job: JobDetail | None = Field(default=None, exclude_if=_absent_if_none,
                                   description="the job after the stop (stopping one job only)")
+
+
+class StreamEvent(_Model):
+    """One event of the event stream (`Client.events`, `GET /v1/events`): a change of one job.
+
+    `event_id` orders the stream and is what a reader resumes after (`Last-Event-ID`); `event`
+    is the raw name in the job's progress log (`enqueued`, `started`, `stage_done`,
+    `retry_scheduled`, `rate_limited`, `released`, `lease_expired`, `stop_requested`, `retried`,
+    `done`, `failed`, `cancelled`, or an application's own); `status` the job's status after it.
+    """
+
+    event_id: int = Field(ge=1)
+    job_id: str
+    tenant_id: str
+    batch_id: str | None
+    kind: str
+    event: str
+    status: PublicStatus
+    stage: str | None = Field(description="the stage the event is about: the one saved, failed, started "
+                                          "or next to run; null when the job is done")
+    attempt: int = Field(ge=0)
+    at: Time
+    detail: dict[str, Any] | None
+
+
+class Retried(_Model):
+    """The answer to a batch retry: which failed jobs were queued again."""
+
+    batch_id: str
+    retried: int = Field(ge=0)
+    job_ids: list[str]

@@ -37,10 +37,10 @@ WITH rows AS (
            CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'queued' END,
            coalesce(r.run_at, now()), r.stage
     FROM rows r
-    RETURNING id, status, run_at
+    RETURNING id, status, run_at, stage
 )
-INSERT INTO bq_job_events (job_id, attempt, event)
-SELECT id, 0, 'enqueued' FROM ins;
+INSERT INTO bq_job_events (job_id, attempt, event, status, stage)
+SELECT id, 0, 'enqueued', 'queued', stage FROM ins;
 
 -- name: notify_dispatcher
 SELECT pg_notify('blogqueue_dispatch', $1);
@@ -108,10 +108,10 @@ WITH target AS (
         error_code = CASE WHEN t.status = 'running' THEN j.error_code ELSE 'cancelled' END,
         updated_at = now()
     FROM target t WHERE j.id = t.id
-    RETURNING j.id, j.attempt, j.status
+    RETURNING j.id, j.attempt, j.status, j.stage
 ), ev AS (
-    INSERT INTO bq_job_events (job_id, attempt, event)
-    SELECT id, attempt, CASE WHEN status = 'running' THEN 'stop_requested' ELSE 'cancelled' END
+    INSERT INTO bq_job_events (job_id, attempt, event, status, stage)
+    SELECT id, attempt, CASE WHEN status = 'running' THEN 'stop_requested' ELSE 'cancelled' END, status, stage
     FROM upd
 )
 SELECT id, status FROM upd;
@@ -162,10 +162,11 @@ WITH lead AS (
             WHEN j.cancel_requested OR (j.status = 'running' AND j.failures + 1 >= $1) THEN now() END,
         lease_until = NULL, worker_id = NULL, updated_at = now()
     FROM lapsed l WHERE j.id = l.id
-    RETURNING j.id, j.attempt, j.status
+    RETURNING j.id, j.attempt, j.status, j.failures, j.stage
 ), ev AS (
-    INSERT INTO bq_job_events (job_id, attempt, event, detail)
-    SELECT id, attempt, 'lease_expired', jsonb_build_object('now', status) FROM upd
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, attempt, 'lease_expired', jsonb_build_object('now', status), bq_public_status(status, failures), stage
+    FROM upd
 )
 SELECT id, attempt, status FROM upd;
 
@@ -253,8 +254,8 @@ WITH claimed AS (
     WHERE id = $1 AND attempt = $2 AND status = 'dispatched' AND NOT cancel_requested
     RETURNING *
 ), ev AS (
-    INSERT INTO bq_job_events (job_id, attempt, event, detail)
-    SELECT id, attempt, 'started', jsonb_build_object('worker', worker_id) FROM claimed
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, attempt, 'started', jsonb_build_object('worker', worker_id), 'running', stage FROM claimed
 )
 SELECT c.id, c.tenant_id, c.user_id, c.batch_id, c.kind, c.spec, c.model, c.attempt, c.failures,
        coalesce((SELECT jsonb_object_agg(s.stage, s.output) FROM bq_job_stages s
@@ -272,8 +273,8 @@ WITH owner AS (
 ), upd AS (
     UPDATE bq_jobs j SET stage = $5, updated_at = now() FROM owner o WHERE j.id = o.id
 ), ev AS (
-    INSERT INTO bq_job_events (job_id, attempt, event, detail)
-    SELECT id, $2, 'stage_done', jsonb_build_object('stage', $3::text) FROM owner
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, $2, 'stage_done', jsonb_build_object('stage', $3::text), 'running', $3 FROM owner
 )
 SELECT count(*)::int AS owned FROM owner;
 
@@ -297,10 +298,11 @@ WITH cur AS (
         finished_at = CASE WHEN c.next IN ('done', 'failed', 'cancelled') THEN now() END,
         lease_until = NULL, worker_id = NULL, updated_at = now()
     FROM cur c WHERE j.id = c.id
-    RETURNING j.id, j.attempt, j.status, j.run_at, c.next <> $3 AS diverted
+    RETURNING j.id, j.attempt, j.status, j.run_at, c.next <> $3 AS diverted, j.failures, j.stage
 ), ev AS (
-    INSERT INTO bq_job_events (job_id, attempt, event, detail)
-    SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb FROM upd
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb,
+           bq_public_status(status, failures), coalesce($10::jsonb ->> 'stage', stage) FROM upd
 ), wake AS (
     SELECT pg_notify('blogqueue_dispatch', 'slot') FROM upd
 )
@@ -408,7 +410,8 @@ SELECT movement, count(*)::bigint AS n, coalesce(sum(amount), 0)::bigint AS amou
 FROM bq_credit_ledger WHERE tenant_id = $1 GROUP BY movement;
 
 -- name: credit_violations
--- Every way the ledger can be wrong; an empty answer means it is consistent.
+-- Every way the ledger can be wrong; an empty answer means it is consistent. A job's movements
+-- are per retry round (sql/010): a retried job reserves again, and each round settles once.
 WITH t AS (
     SELECT tenant_id,
            sum(amount) FILTER (WHERE movement = 'grant') AS grants,
@@ -418,7 +421,8 @@ WITH t AS (
 ), open AS (
     SELECT r.tenant_id, sum(r.amount) AS amount FROM bq_credit_ledger r
     WHERE r.movement = 'reserve' AND NOT EXISTS (
-        SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = r.job_id AND s.movement IN ('charge', 'release'))
+        SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = r.job_id AND s.retry_round = r.retry_round
+                                           AND s.movement IN ('charge', 'release'))
     GROUP BY r.tenant_id
 )
 SELECT 'balance is not grants - charges - open reservations' AS problem, t.tenant_id, NULL::uuid AS job_id
@@ -431,19 +435,26 @@ SELECT 'settled without a reservation, or for another amount', s.tenant_id, s.jo
 FROM bq_credit_ledger s
 WHERE s.movement IN ('charge', 'release') AND NOT EXISTS (
     SELECT 1 FROM bq_credit_ledger r
-    WHERE r.job_id = s.job_id AND r.movement = 'reserve' AND r.amount = s.amount AND r.tenant_id = s.tenant_id)
+    WHERE r.job_id = s.job_id AND r.retry_round = s.retry_round AND r.movement = 'reserve' AND r.amount = s.amount
+      AND r.tenant_id = s.tenant_id)
 UNION ALL
 SELECT 'both charged and released', tenant_id, job_id FROM bq_credit_ledger
-WHERE movement IN ('charge', 'release') GROUP BY tenant_id, job_id HAVING count(*) > 1
+WHERE movement IN ('charge', 'release') GROUP BY tenant_id, job_id, retry_round HAVING count(*) > 1
 UNION ALL
 SELECT 'reservation left open for a finished job', j.tenant_id, j.id
 FROM bq_jobs j JOIN bq_credit_ledger r ON r.job_id = j.id AND r.movement = 'reserve'
 WHERE j.status IN ('done', 'failed', 'cancelled') AND NOT EXISTS (
-    SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = j.id AND s.movement IN ('charge', 'release'))
+    SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = j.id AND s.retry_round = r.retry_round
+                                       AND s.movement IN ('charge', 'release'))
 UNION ALL
 SELECT 'charged but not done, or done but released', j.tenant_id, j.id
-FROM bq_jobs j JOIN bq_credit_ledger s ON s.job_id = j.id
-WHERE (s.movement = 'charge' AND j.status <> 'done') OR (s.movement = 'release' AND j.status = 'done');
+FROM bq_jobs j JOIN bq_credit_ledger s ON s.job_id = j.id AND s.retry_round = j.retries
+WHERE (s.movement = 'charge' AND j.status <> 'done') OR (s.movement = 'release' AND j.status = 'done')
+UNION ALL
+SELECT 'an earlier round left unsettled or charged', j.tenant_id, j.id
+FROM bq_jobs j JOIN bq_credit_ledger r ON r.job_id = j.id AND r.movement = 'reserve' AND r.retry_round < j.retries
+WHERE NOT EXISTS (SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = j.id AND s.retry_round = r.retry_round
+                                                    AND s.movement = 'release');
 -- ---------------------------------------------------------------------------
 -- API tokens (HTTP service)
 
@@ -573,7 +584,8 @@ SELECT instance_id FROM bq_wix_installations WHERE tenant_id = $1;
 -- name: console_tenants
 -- Per tenant: backlog and in flight now; done / failed / cancelled in the last 5 minutes;
 -- the median wait to first start of jobs first started in the last 5 minutes (from when they
--- could run: created, or their run_at; jobs retried since are left out, their run_at moved);
+-- could run: created, or their run_at; jobs whose run_at moved after their first start, by a
+-- retry, are left out);
 -- and how long its oldest never-started ready job has waited. Reads only unfinished rows
 -- (bq_jobs_backlog) and rows finished in 5 minutes (bq_jobs_finished): a job first started
 -- in the last 5 minutes is one of the two.
@@ -592,7 +604,7 @@ SELECT tenant_id,
        count(*) FILTER (WHERE status = 'cancelled')::bigint AS cancelled_5m,
        (percentile_cont(0.5) WITHIN GROUP (
             ORDER BY extract(epoch FROM started_at - greatest(created_at, run_at)))
-        FILTER (WHERE started_at > now() - interval '5 minutes' AND failures = 0))::float8 AS first_start_wait_s,
+        FILTER (WHERE started_at > now() - interval '5 minutes' AND run_at <= started_at))::float8 AS first_start_wait_s,
        coalesce(max(extract(epoch FROM now() - greatest(created_at, run_at)))
                 FILTER (WHERE status = 'queued' AND started_at IS NULL), 0)::float8 AS oldest_waiting_s
 FROM recent
@@ -627,3 +639,87 @@ FROM bq_leader WHERE queue_name = $1;
 SELECT kind, status AS outcome, count(*)::bigint AS n
 FROM bq_jobs WHERE finished_at > now() - interval '5 minutes' AND status IN ('done', 'failed', 'cancelled')
 GROUP BY kind, status ORDER BY kind, status;
+
+-- ---------------------------------------------------------------------------
+-- The event stream (blogqueue/events.py) and batch retry.
+
+-- name: events_poll
+-- The stream's shared poller: events after $1 (at most $2) with what the stream shows of their
+-- job, in one statement, so one snapshot: `open_xids` are the transactions of this database still
+-- open after that snapshot was taken, `still_open` how many of $3 (a previous poll's open_xids) were
+-- still open in it. An id missing below a visible one belongs to a transaction that was open at
+-- that poll or rolled back; once none of that poll's open_xids is open any more, the gap is final.
+WITH ev AS (
+    SELECT e.id, e.job_id, e.attempt, e.at, e.event, e.detail,
+           coalesce(e.status, bq_public_status(j.status, j.failures)) AS status,
+           coalesce(e.stage, e.detail ->> 'stage') AS stage,
+           j.tenant_id, j.batch_id, j.kind
+    FROM bq_job_events e JOIN bq_jobs j ON j.id = e.job_id
+    WHERE e.id > $1
+    ORDER BY e.id LIMIT $2
+), open AS (
+    SELECT coalesce(array_agg(backend_xid::text::bigint), '{}') AS open_xids
+    FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL
+), still AS (
+    SELECT count(*)::int AS still_open FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+    WHERE xid(x)::text::bigint = ANY($3::bigint[])
+)
+SELECT ev.*, open.open_xids, still.still_open FROM open CROSS JOIN still LEFT JOIN ev ON true
+ORDER BY ev.id;
+
+-- name: events_head
+-- Where a new poller starts: the last visible event and the transactions still open.
+SELECT coalesce((SELECT max(id) FROM bq_job_events), 0)::bigint AS last,
+       (SELECT coalesce(array_agg(backend_xid::text::bigint), '{}') FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_xid IS NOT NULL) AS open_xids;
+
+-- name: events_since
+-- A resuming reader's backlog: events after $1 up to $2 (a bound the poller has settled: no id at
+-- or below it can still appear), of tenant $3 and batch $4 when given, oldest first, at most $5.
+SELECT e.id, e.job_id, e.attempt, e.at, e.event, e.detail,
+       coalesce(e.status, bq_public_status(j.status, j.failures)) AS status,
+       coalesce(e.stage, e.detail ->> 'stage') AS stage,
+       j.tenant_id, j.batch_id, j.kind
+FROM bq_job_events e JOIN bq_jobs j ON j.id = e.job_id
+WHERE e.id > $1 AND e.id <= $2
+  AND ($3::text IS NULL OR j.tenant_id = $3) AND ($4::uuid IS NULL OR j.batch_id = $4)
+ORDER BY e.id LIMIT $5;
+
+-- name: retry_candidates
+-- A batch's failed jobs ($1), locked, with their current round's reservation (NULL: none, credits
+-- were off at enqueue) and whether it was released (a failed job's always is).
+SELECT j.id, j.retries, r.amount AS reserved,
+       EXISTS (SELECT 1 FROM bq_credit_ledger s WHERE s.job_id = j.id AND s.retry_round = j.retries
+                                                  AND s.movement = 'release') AS released
+FROM bq_jobs j
+LEFT JOIN bq_credit_ledger r ON r.job_id = j.id AND r.movement = 'reserve' AND r.retry_round = j.retries
+WHERE j.batch_id = $1 AND j.status = 'failed'
+ORDER BY j.id
+FOR UPDATE OF j;
+
+-- name: retry_jobs
+-- Failed jobs ($1) queued again for a new round: failures reset (the retry schedule applies afresh),
+-- attempt kept (the next dispatch takes attempt + 1, so arq ids and fencing stay unique), stage kept
+-- (the first unsaved one: saved stages are not run again). Old values come from `o`, the row as
+-- it was before this statement.
+WITH upd AS (
+    UPDATE bq_jobs j SET status = 'queued', failures = 0, retries = j.retries + 1, run_at = now(),
+        cancel_requested = false, last_error = NULL, error_code = NULL, finished_at = NULL,
+        lease_until = NULL, worker_id = NULL, updated_at = now()
+    FROM bq_jobs o
+    WHERE j.id = ANY($1::uuid[]) AND o.id = j.id AND j.status = 'failed'
+    RETURNING j.id, j.attempt, j.stage, j.retries, o.error_code AS previous_code, o.failures AS previous_failures
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, attempt, 'retried',
+           jsonb_build_object('round', retries, 'previous_error_code', previous_code,
+                              'previous_failures', previous_failures), 'queued', stage
+    FROM upd
+)
+SELECT id FROM upd ORDER BY id;
+
+-- name: credit_reserve_round
+-- A retried job's new reservation ($2 job ids, $3 amounts, $4 rounds), in the retry's transaction.
+INSERT INTO bq_credit_ledger (tenant_id, job_id, movement, amount, retry_round)
+SELECT $1, r.job_id, 'reserve', r.amount, r.retry_round
+FROM unnest($2::uuid[], $3::bigint[], $4::int[]) AS r(job_id, amount, retry_round);

@@ -94,6 +94,12 @@ class Settings:
     max_json_depth: int = 32
     metrics_top_tenants: int = 10
     ready_timeout_seconds: float = 1.0
+    # The event stream (GET /v1/events, blogqueue.events): comment heartbeats, the shared poller's
+    # period (the stream's latency), and how many events one reader may fall behind before it is
+    # disconnected (it resumes with Last-Event-ID).
+    events_heartbeat_seconds: float = 15.0
+    events_poll_seconds: float = 0.2
+    events_buffer: int = 1000
 
     # Sources, publishers and credits (docs/sources-publishers-credits.md).
     wix_base_url: str = "https://www.wixapis.com"
@@ -158,6 +164,9 @@ class Settings:
             ("MAX_JSON_DEPTH", 4 <= self.max_json_depth <= 500, "must be from 4 to 500"),
             ("METRICS_TOP_TENANTS", self.metrics_top_tenants >= 1, "must be at least 1"),
             ("READY_TIMEOUT_SECONDS", self.ready_timeout_seconds > 0, "must be positive"),
+            ("EVENTS_HEARTBEAT_SECONDS", self.events_heartbeat_seconds > 0, "must be positive"),
+            ("EVENTS_POLL_SECONDS", 0 < self.events_poll_seconds <= 10, "must be more than 0 and at most 10"),
+            ("EVENTS_BUFFER", self.events_buffer >= 1, "must be at least 1"),
             ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "must be DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -221,13 +230,13 @@ class Settings:
 _INT_FIELDS = {
     "worker_concurrency", "max_inflight_per_tenant", "max_backlog", "max_tenant_backlog",
     "dispatch_prefetch", "shutdown_grace_seconds", "db_pool_size", "max_batch_size",
-    "max_body_bytes", "max_json_depth", "metrics_top_tenants",
+    "max_body_bytes", "max_json_depth", "metrics_top_tenants", "events_buffer",
 }
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
     "ready_timeout_seconds", "provider_timeout_seconds", "rate_limit_max_wait_seconds",
-    "rate_limit_burst_seconds",
+    "rate_limit_burst_seconds", "events_heartbeat_seconds", "events_poll_seconds",
 }
 
 

@@ -22,7 +22,7 @@ from blogqueue.app import App, load
 from blogqueue.client import Client
 from blogqueue.settings import Settings
 
-from . import console, health, metrics, openapi, routes_ai_settings, routes_jobs, routes_wix
+from . import console, health, metrics, openapi, routes_ai_settings, routes_events, routes_jobs, routes_wix
 from .errors import HANDLERS
 from .httpmetrics import HttpMetrics, LatencyMiddleware
 
@@ -45,6 +45,7 @@ ROUTES = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     *routes_wix.ROUTES,
+    *routes_events.ROUTES,
     *console.ROUTES,
 ]
 

@@ -26,7 +26,7 @@ from blogqueue.app import App
 from blogqueue.jobs import PUBLIC_STATUSES
 from blogqueue.models import Batch, Enqueued, JobDetail, JobPage, Stopped
 
-from . import console, routes_wix, schemas
+from . import console, routes_events, routes_wix, schemas
 
 Mode = Literal["validation", "serialization"]
 
@@ -57,6 +57,7 @@ MODELS: list[tuple[type[BaseModel], Mode]] = [
     (Batch, "serialization"), (Stopped, "serialization"),
     (schemas.Credits, "serialization"), (schemas.AISettings, "serialization"),
     (schemas.Metrics, "serialization"), (schemas.Health, "serialization"), (schemas.Ready, "serialization"),
+    *[(m, "serialization") for m in routes_events.MODELS],
 ]
 
 
@@ -219,7 +220,8 @@ def build(reg: Registry) -> dict[str, Any]:
                  "description": "AI content job system. See docs/http.md."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": {**_paths(), **routes_wix.openapi_paths(_op, _json, _err, _ref), **console.openapi_paths(_op, _err)},
+        "paths": {**_paths(), **routes_wix.openapi_paths(_op, _json, _err, _ref),
+                  **routes_events.openapi_paths(_op, _json, _err, _ref), **console.openapi_paths(_op, _err)},
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
