@@ -136,6 +136,10 @@ async def test_console_shows_progress_moving_and_its_stop_button_stops_the_batch
     await page.wait_for_selector('#tenants tr[data-tenant="shop-a"]')
     await page.wait_for_selector("#workers tr[data-worker]")
     assert "leader" in await page.inner_text("#workers")
+    if "/v1/events" in (await svc.http.get("/openapi.json")).json()["paths"]:
+        # The event stream is read (fetch + a stream reader, the token in a header) and shown.
+        await page.wait_for_selector("#stream-state.live", timeout=15_000)
+        await page.wait_for_selector("#events li[data-event]", timeout=30_000)
 
     # Progress moves on screen: the finished count of the batch's row rises, more than once, while
     # the batch is still running.
@@ -173,6 +177,7 @@ async def test_console_shows_progress_moving_and_its_stop_button_stops_the_batch
     assert (await _batch_counts(pool, batch)).get("cancelled", 0) == 0  # one click does nothing
     await page.locator(f'tr[data-batch="{batch}"] button.stop-batch').click()
     await page.wait_for_selector("#message.ok", timeout=10_000)
+    assert "cancelled" in await page.inner_text("#message")
 
     async def settled() -> dict[str, int] | None:
         counts = await _batch_counts(pool, batch)

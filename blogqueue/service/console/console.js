@@ -20,7 +20,8 @@ const state = {
   stream: null,          // AbortController of the event stream
   lastEventId: null,
   timer: null,
-  armed: new Map(),      // button -> timer: a destructive action needs a second click
+  armed: new Map(),      // action key -> timer: a destructive action needs a second click
+  refreshFailed: false,  // the message on screen is a failed refresh's (cleared by the next success)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -122,9 +123,10 @@ async function refresh() {
   if (!state.token) return;
   try {
     render(await api("GET", "/v1/metrics"));
+    if (state.refreshFailed) { state.refreshFailed = false; message(""); }
   } catch (err) {
     if (err.status === 401 || err.status === 403) { forget(); message("The token was refused; paste it again.", "error"); }
-    else message(`Refresh failed: ${err.message}`, "error");
+    else { state.refreshFailed = true; message(`Refresh failed: ${err.message}`, "error"); }
   }
 }
 
@@ -137,7 +139,6 @@ function fill(tableId, rows, empty) {
 }
 
 function render(m) {
-  message("");
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   const c = m.counts;
   const backlog = c.queued + c.running + c.retrying;
