@@ -181,3 +181,23 @@ async def test_token_scopes_in_the_library(pool: asyncpg.Pool) -> None:
         pass
     else:
         raise AssertionError("is_admin and scope disagreed")
+
+
+async def test_the_console_page_is_served_from_the_package_and_loads_nothing_else(api: Api) -> None:
+    anon = await api.client()
+    page = await anon.get("/ui")
+    check(page)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert "unsafe-inline" not in csp and page.headers["referrer-policy"] == "no-referrer"
+    for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+        asset = await anon.get(f"/ui/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+        assert "http://" not in asset.text and "https://" not in asset.text  # nothing from another origin
+    assert "http://" not in page.text and "https://" not in page.text
+    js = (await anon.get("/ui/console.js")).text
+    assert "sessionStorage" in js and "localStorage" not in js and "innerHTML" not in js
+    for bad in ("/ui/index.html.bak", "/ui/__init__.py", "/ui/..%2F__init__.py"):
+        resp = await anon.get(bad)
+        assert_error(resp, 404, "not_found")

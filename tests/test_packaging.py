@@ -39,6 +39,8 @@ def test_wheel_ships_sql_types_marker_and_licence(wheel_names: list[str]) -> Non
     assert migrations and all(f"blogqueue/sql/{m}" in wheel_names for m in migrations)
     assert "blogqueue/queries.sql" in wheel_names
     assert "blogqueue/py.typed" in wheel_names
+    for page in ("index.html", "console.js", "console.css"):  # GET /ui serves them from the package
+        assert f"blogqueue/service/console/{page}" in wheel_names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in wheel_names)
 
 
