@@ -48,7 +48,10 @@ from .settings import Settings
 
 log = structlog.get_logger("blogqueue.events")
 
-POLL_LIMIT = 2000  # events per poll; a longer backlog is read by polling again at once
+# Events per poll, at most: a longer backlog is read by polling again at once. Never more than
+# half a reader's buffer: between two polls (an await) readers that keep up empty their queues,
+# so a burst (a bulk enqueue of 10,000 jobs) reaches them in pieces instead of overflowing them.
+POLL_LIMIT = 2000
 BACKFILL_PAGE = 500  # events per query while a resuming reader catches up
 # A gap is held at most this long: longer than any statement of ours runs (the pools' command
 # timeout is 60 s), so only a transaction left open by hand stalls streams, and not forever.
@@ -199,6 +202,7 @@ class EventHub:
         self._pending: tuple[int, list[int], float] | None = None  # (highest id seen, open xids, since)
         self._final = 0  # every id up to this one is visible or never coming
         self._wake = asyncio.Event()
+        self.page = max(1, min(POLL_LIMIT, settings.events_buffer // 2))
         self.polls = 0
         self.emitted = 0
         self.dropped = 0  # readers cut off for falling behind
@@ -277,11 +281,12 @@ class EventHub:
     async def poll(self) -> bool:
         """One read of new events; returns True when it read a full page (more may be waiting)."""
         pending_xids = self._pending[1] if self._pending is not None else []
-        rows = await self.pool.fetch(Q["events_poll"], self.cursor, POLL_LIMIT, pending_xids)
+        limit = self.page
+        rows = await self.pool.fetch(Q["events_poll"], self.cursor, limit, pending_xids)
         self.polls += 1
         head = rows[0]
         found = [r for r in rows if r["id"] is not None]
-        full = len(found) >= POLL_LIMIT
+        full = len(found) >= limit
         if self._pending is not None:
             bound, _, since = self._pending
             settled = head["still_open"] == 0

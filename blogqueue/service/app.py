@@ -114,6 +114,9 @@ def create_app(settings: Settings, bq_app: App | None = None) -> Starlette:
 def serve(settings: Settings, *, host: str, port: int, bq_app: App | None = None) -> None:
     import uvicorn
 
+    # Open event streams (GET /v1/events) never finish by themselves: a stop waits this long
+    # for them, then ends them (their clients resume with Last-Event-ID).
     config: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False,
-                              "proxy_headers": False, "server_header": False}
+                              "proxy_headers": False, "server_header": False,
+                              "timeout_graceful_shutdown": settings.shutdown_grace_seconds}
     uvicorn.run(create_app(settings, bq_app), **config)
