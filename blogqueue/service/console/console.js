@@ -112,6 +112,7 @@ function forget() {
   for (const t of state.pending.values()) clearTimeout(t);
   state.pending.clear();
   state.batches.clear();
+  incoming.length = 0;
   state.lastEventId = null;
   $("token").value = "";
   $("login").hidden = false;
@@ -241,9 +242,15 @@ function renderFailures(failures) {
   )), "no failed job");
 }
 
+const MAX_BATCHES = 50;  // batches kept in memory; the oldest are dropped
+
 function mergeBatch(b) {
   const old = state.batches.get(b.batch_id) || {};
   state.batches.set(b.batch_id, { ...old, ...b });
+  if (state.batches.size > MAX_BATCHES) {
+    const oldest = [...state.batches.values()].sort((x, y) => (x.created_at < y.created_at ? -1 : 1))[0];
+    state.batches.delete(oldest.batch_id);
+  }
 }
 
 function renderBatches() {
@@ -374,18 +381,16 @@ async function readEvents(reader) {
   }
 }
 
+// Events are drawn at most every 250 ms: an admin's stream carries every tenant's changes, and a
+// busy system sends thousands a second; only the newest MAX_EVENTS are drawn.
+const incoming = [];
+let flushTimer = null;
+
 function dispatch(ev) {
   let data;
   try { data = JSON.parse(ev.data.join("\n")); } catch (_) { return; }
-  const list = $("events");
-  const item = el("li", { "data-event": data.event },
-    el("span", { class: "muted", text: data.at ? new Date(data.at).toLocaleTimeString() : "" }), " ",
-    el("span", { class: "id", text: data.tenant_id }), " ",
-    el("span", { class: "id", text: short(data.job_id || ""), title: data.job_id }), " ",
-    el("strong", { text: data.event }),
-    data.stage ? ` ${data.stage}` : "", data.status ? ` → ${data.status}` : "");
-  list.prepend(item);
-  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+  incoming.push(data);
+  if (incoming.length > MAX_EVENTS) incoming.splice(0, incoming.length - MAX_EVENTS);
   if (data.batch_id) {
     if (!state.batches.has(data.batch_id)) {
       mergeBatch({ batch_id: data.batch_id, tenant_id: data.tenant_id, total: 0, counts: {},
@@ -393,6 +398,21 @@ function dispatch(ev) {
     }
     scheduleBatch(data.batch_id);
   }
+  if (!flushTimer) flushTimer = setTimeout(flushEvents, 250);
+}
+
+function flushEvents() {
+  flushTimer = null;
+  const list = $("events");
+  for (const data of incoming.splice(0)) {
+    list.prepend(el("li", { "data-event": data.event },
+      el("span", { class: "muted", text: data.at ? new Date(data.at).toLocaleTimeString() : "" }), " ",
+      el("span", { class: "id", text: data.tenant_id }), " ",
+      el("span", { class: "id", text: short(data.job_id || ""), title: data.job_id }), " ",
+      el("strong", { text: data.event }),
+      data.stage ? ` ${data.stage}` : "", data.status ? ` → ${data.status}` : ""));
+  }
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
 }
 
 function scheduleBatch(id) {
