@@ -583,12 +583,13 @@ SELECT instance_id FROM bq_wix_installations WHERE tenant_id = $1;
 
 -- name: console_tenants
 -- Per tenant: backlog and in flight now; done / failed / cancelled in the last 5 minutes;
--- the median wait to first start of jobs first started in the last 5 minutes (from when they
+-- the mean wait to first start of jobs first started in the last 5 minutes (from when they
 -- could run: created, or their run_at; jobs whose run_at moved after their first start, by a
 -- retry, are left out);
 -- and how long its oldest never-started ready job has waited. Reads only unfinished rows
 -- (bq_jobs_backlog) and rows finished in 5 minutes (bq_jobs_finished): a job first started
--- in the last 5 minutes is one of the two.
+-- in the last 5 minutes is one of the two. The mean, not the median: plain aggregates let
+-- PostgreSQL hash by tenant; an ordered-set one sorted every unfinished row (4x slower at 100k).
 WITH recent AS (
     SELECT tenant_id, status, started_at, created_at, run_at, failures
     FROM bq_jobs WHERE status IN ('scheduled', 'queued', 'dispatched', 'running')
@@ -602,9 +603,9 @@ SELECT tenant_id,
        count(*) FILTER (WHERE status = 'done')::bigint AS done_5m,
        count(*) FILTER (WHERE status = 'failed')::bigint AS failed_5m,
        count(*) FILTER (WHERE status = 'cancelled')::bigint AS cancelled_5m,
-       (percentile_cont(0.5) WITHIN GROUP (
-            ORDER BY extract(epoch FROM started_at - greatest(created_at, run_at)))
-        FILTER (WHERE started_at > now() - interval '5 minutes' AND run_at <= started_at))::float8 AS first_start_wait_s,
+       avg(extract(epoch FROM started_at - greatest(created_at, run_at)))
+           FILTER (WHERE started_at > now() - interval '5 minutes' AND run_at <= started_at)::float8
+           AS first_start_wait_s,
        coalesce(max(extract(epoch FROM now() - greatest(created_at, run_at)))
                 FILTER (WHERE status = 'queued' AND started_at IS NULL), 0)::float8 AS oldest_waiting_s
 FROM recent

@@ -180,7 +180,7 @@ class TenantFigures(_Body):
     done_5m: int = Field(ge=0)
     failed_5m: int = Field(ge=0)
     cancelled_5m: int = Field(ge=0)
-    first_start_wait_s: float | None = Field(description="median wait to first start of the jobs first "
+    first_start_wait_s: float | None = Field(description="mean wait to first start of the jobs first "
                                                          "started in the last 5 minutes; null if none")
     oldest_waiting_s: float = Field(ge=0, description="wait so far of its oldest ready job never started")
 
