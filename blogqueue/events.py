@@ -4,7 +4,7 @@ Every state change of a job writes a row to `bq_job_events` in the statement tha
 change (queries.sql). One `EventHub` per process reads that table and fans the rows out:
 
 - **One poller per process**, not one query per reader: the hub reads the events after its
-  cursor every `EVENTS_POLL_SECONDS` (0.2 s) and hands each to the readers it concerns (indexed
+  cursor every `EVENTS_POLL_SECONDS` (0.1 s) and hands each to the readers it concerns (indexed
   by tenant), so 1,000 open streams cost one query per tick, not a thousand.
 - **No event is skipped when ids commit out of order.** Ids come from a sequence and are taken
   before commit: id 11 may be visible while id 10's transaction is still open, and a reader
@@ -199,8 +199,11 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self._ready = asyncio.Event()  # ids up to the cursor are final (not before the first gap settles)
-        self._pending: tuple[int, list[int], float] | None = None  # (highest id seen, open xids, since)
-        self._final = 0  # every id up to this one is visible or never coming
+        # Gaps waiting to be final, oldest first: (highest id seen, the xids open then, since when).
+        # One per poll that saw ids past a gap, so under steady writes each waits one poll, not more.
+        self._pending: list[tuple[int, list[int], float]] = []
+        self._final = -1  # every id up to this one is visible or never coming
+        self._start = 0  # the last event id when the hub started
         self._wake = asyncio.Event()
         self.page = max(1, min(POLL_LIMIT, settings.events_buffer // 2))
         self.polls = 0
@@ -265,8 +268,8 @@ class EventHub:
                     head = await self.pool.fetchrow(Q["events_head"])
                     # Events up to the head are the past: the stream starts after them. Those of
                     # them still uncommitted are final once the transactions open now are over.
-                    self.cursor = head["last"]
-                    self._pending = (head["last"], list(head["open_xids"]), time.monotonic())
+                    self.cursor = self._start = head["last"]
+                    self._pending = [(head["last"], list(head["open_xids"]), time.monotonic())]
                     self._started.set()
                 full = await self.poll()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -280,22 +283,23 @@ class EventHub:
 
     async def poll(self) -> bool:
         """One read of new events; returns True when it read a full page (more may be waiting)."""
-        pending_xids = self._pending[1] if self._pending is not None else []
         limit = self.page
-        rows = await self.pool.fetch(Q["events_poll"], self.cursor, limit, pending_xids)
+        asked = sorted({x for _, xids, _ in self._pending for x in xids})
+        rows = await self.pool.fetch(Q["events_poll"], self.cursor, limit, asked)
         self.polls += 1
         head = rows[0]
         found = [r for r in rows if r["id"] is not None]
         full = len(found) >= limit
-        if self._pending is not None:
-            bound, _, since = self._pending
-            settled = head["still_open"] == 0
-            if not settled and time.monotonic() - since > GAP_HOLD_MAX_S:
+        still = set(head["still_open"])
+        while self._pending:  # in order: a later gap is final only once the earlier ones are
+            bound, xids, since = self._pending[0]
+            if still.intersection(xids):
+                if time.monotonic() - since <= GAP_HOLD_MAX_S:
+                    break
                 log.warning("event id gap held too long; passing it", after=self.cursor, upto=bound)
-                settled = True
-            if settled:  # every id up to `bound` is visible in this snapshot or never will be
-                self._final = max(self._final, bound)
-                self._pending = None
+            # Every id up to `bound` is visible in this snapshot or never will be.
+            self._final = max(self._final, bound)
+            self._pending.pop(0)
         for r in found:  # in id order; past a missing id only where it is final
             if r["id"] != self.cursor + 1 and r["id"] > self._final:
                 break
@@ -303,11 +307,10 @@ class EventHub:
             self.cursor = r["id"]
         if not full:  # every visible id up to the final bound was read: the rest are never coming
             self.cursor = max(self.cursor, self._final)
-        if self._pending is None:
-            if self.cursor >= self._final:
-                self._ready.set()  # (at start: once the transactions open then are over)
-            if found and found[-1]["id"] > self.cursor:
-                self._pending = (found[-1]["id"], list(head["open_xids"]), time.monotonic())
+        if self._final >= self._start:
+            self._ready.set()  # the transactions open at start are over: ids up to the cursor are final
+        if found and found[-1]["id"] > max([self.cursor, *(b for b, _, _ in self._pending)]):
+            self._pending.append((found[-1]["id"], list(head["open_xids"]), time.monotonic()))
         return full
 
 
