@@ -89,7 +89,7 @@ async def main() -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--rate", type=float, default=20.0, help="jobs enqueued per second")
     p.add_argument("--latency-ms", type=float, default=20.0, help="offline provider latency per call")
-    p.add_argument("--max-rss-mb", type=float, default=300.0)
+    p.add_argument("--max-rss-mb", type=float, default=250.0)
     p.add_argument("--max-p99-s", type=float, default=1.0)
     args = p.parse_args()
 

@@ -57,6 +57,7 @@ BACKFILL_PAGE = 500  # events per query while a resuming reader catches up
 # timeout is 60 s), so only a transaction left open by hand stalls streams, and not forever.
 GAP_HOLD_MAX_S = 60.0
 RETRY_DELAY_S = 1.0  # after the poller's query failed (PostgreSQL restarting)
+START_TIMEOUT_S = 10.0  # a new reader waits this long for the poller's first reads
 
 
 class StreamLagged(BlogqueueError):
@@ -219,7 +220,7 @@ class EventHub:
         await self._ensure_started()
         if after is not None:
             # Events up to the cursor must be final before a reader reads them from PostgreSQL.
-            await self._ready.wait()
+            await asyncio.wait_for(self._ready.wait(), START_TIMEOUT_S)
         feed = Feed(self, tenant_id, batch_id, after, asyncio.Queue(maxsize=self.settings.events_buffer))
         # Registered and given its bound in one step of the event loop: the hub emits events
         # after the cursor to it from now on, and the cursor's events come from PostgreSQL.
@@ -252,7 +253,8 @@ class EventHub:
     async def _ensure_started(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="blogqueue-events")
-        await self._started.wait()
+        # TimeoutError while PostgreSQL cannot be reached (the service answers it with a 503).
+        await asyncio.wait_for(self._started.wait(), START_TIMEOUT_S)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -274,6 +276,10 @@ class EventHub:
                 full = await self.poll()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("event stream poll failed; retrying", error=type(exc).__name__)
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            except Exception:  # a bug must not end the stream of every reader for good
+                log.exception("event stream poll failed unexpectedly; retrying")
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
             if not full:
