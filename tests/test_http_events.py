@@ -85,7 +85,12 @@ async def test_a_follower_sees_every_change_in_order_resumes_without_gaps_and_ne
         got: list[SSEEvent] = []
         await _collect(follow_a, lambda evs: len(evs) >= 10, into=got)  # part of the run...
         follow_a.close()  # ...then the client goes away while the jobs go on
-        await asyncio.sleep(0.3)  # events happen while it is away (what it must not miss)
+        async def missed() -> bool:  # events happen while it is away: what it must not miss
+            return bool(await pool.fetchval(
+                "SELECT count(*) FROM bq_job_events e JOIN bq_jobs j ON j.id = e.job_id "
+                "WHERE j.tenant_id = 'shop-a' AND e.id > $1", got[-1].id) >= 3)
+
+        await wait_until(missed, timeout=30, what="events while the follower is away")
         resumed = await SSEClient.open(base, "/v1/events", token=a, last_event_id=got[-1].id)
         await _collect(resumed, _all_final(jobs_a), into=got)
         got_b: list[SSEEvent] = []
