@@ -19,55 +19,16 @@ from .errors import (
                      RateLimited,
                      RetryableError,
 )
-from .events import StreamLagged
 from .jobs import JobSpec
-from .models import (
-                     Batch,
-                     Enqueued,
-                     EnqueuedJob,
-                     Job,
-                     JobDetail,
-                     JobEvent,
-                     JobPage,
-                     Retried,
-                     StageRecord,
-                     Stopped,
-                     StreamEvent,
-)
+from .models import Batch, Enqueued, EnqueuedJob, Job, JobDetail, JobEvent, JobPage, StageRecord, Stopped
 from .pipeline import Run
 from .prompts import Prompt
 from .settings import Settings, SettingsError
 from .sources import SourceFields
 
-__all__ = [
-                     "App",
-                     "BacklogFull",
-                     "Batch",
-                     "BlogqueueError",
-                     "Client",
-                     "Conflict",
-                     "Enqueued",
-                     "EnqueuedJob",
-                     "FatalError",
-                     "InvalidInput",
-                     "Job",
-                     "JobDetail",
-                     "JobError",
-                     "JobEvent",
-                     "JobPage",
-                     "JobSpec",
-                     "NotFound",
-                     "Prompt",
-                     "RateLimited",
-                     "Retried",
-                     "RetryableError",
-                     "Run",
-                     "Settings",
-                     "SettingsError",
-                     "SourceFields",
-                     "StageRecord",
-                     "Stopped",
-                     "StreamEvent",
-                     "StreamLagged",
-]
+__all__ = ["App", "BacklogFull", "Batch", "BlogqueueError", "Client", "Conflict", "Enqueued", "EnqueuedJob",
+           "FatalError", "InvalidInput", "Job", "JobDetail", "JobError", "JobEvent", "JobPage", "JobSpec", "NotFound",
+           "Prompt",
+           "RateLimited", "RetryableError", "Run", "Settings", "SettingsError", "SourceFields", "StageRecord",
+           "Stopped"]
 __version__ = "0.1.0"
