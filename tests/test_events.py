@@ -4,7 +4,6 @@ that commit out of order. The HTTP stream with real processes: tests/test_http_e
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import asyncpg
 import pytest
@@ -125,7 +124,3 @@ async def test_library_iterator_filters_by_tenant_and_batch(settings: Settings, 
         assert {e.batch_id for e in seen} == {first.batch_id} and {e.tenant_id for e in seen} == {"shop-a"}
         assert seen[0].kind == "blog_post" and seen[0].stage == "source" and seen[0].attempt == 0
         assert client._events is not None and client._events.readers == 0  # the reader left with the loop
-
-
-def _dump(events: list[StreamEvent]) -> list[dict[str, Any]]:
-    return [e.model_dump(mode="json") for e in events]
