@@ -23,5 +23,13 @@ async def publish(run: blogqueue.Run) -> dict[str, Any]:
     return {"published": True}
 
 
+async def wobble(run: blogqueue.Run) -> dict[str, Any]:
+    """Fails with a retryable error in the job's first attempt only."""
+    if run.attempt == 1:
+        raise blogqueue.RetryableError("the provider timed out", code="timeout")
+    return {"ok": True}
+
+
 app = blogqueue.App()
 app.kind("flaky", [("draft", draft), ("publish", publish)], sources=["keyword"], credit_cost=3)
+app.kind("wobbly", [("wobble", wobble)], sources=["keyword"])
