@@ -84,12 +84,13 @@ class EventStream:
         self.heartbeat_s = heartbeat_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no")]})  # nginx: pass events on as they come
-        tasks = [asyncio.create_task(self._pump(send)), asyncio.create_task(self._until_disconnect(receive)),
-                 asyncio.create_task(self.feed.cut_off.wait())]
+        tasks: list[asyncio.Task[Any]] = []
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]})  # nginx: pass events on as they come
+            tasks = [asyncio.create_task(self._pump(send)), asyncio.create_task(self._until_disconnect(receive)),
+                     asyncio.create_task(self.feed.cut_off.wait())]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in tasks:
