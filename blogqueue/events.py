@@ -1,7 +1,8 @@
 """The event stream: every job change, in order, to any number of readers (DESIGN §12).
 
-Every state change of a job writes a row to `bq_job_events` in the statement that makes the
-change (queries.sql). One `EventHub` per process reads that table and fans the rows out:
+Every change of a job's public status writes a row to `bq_job_events` in the statement that
+makes it, with the status after it (queries.sql). One `EventHub` per `Client` (so one per service
+process) reads that table and fans the rows out:
 
 - **One poller per process**, not one query per reader: the hub reads the events after its
   cursor every `EVENTS_POLL_SECONDS` (0.1 s) and hands each to the readers it concerns (indexed
