@@ -1,4 +1,4 @@
-"""The `blogqueue` command: migrate, worker, serve, token, enqueue, status, credits."""
+"""The `blogqueue` command: migrate, worker, serve, token, enqueue, status, retry, credits."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     enqueue.add_argument("file")
     status = sub.add_parser("status", help="print one job as JSON")
     status.add_argument("job_id")
+    retry = sub.add_parser("retry", help="queue a batch's failed jobs again, from their first unsaved stage")
+    retry.add_argument("batch_id")
+    retry.add_argument("--tenant", help="the batch's tenant (refused if it is another's); default: any tenant")
     creds = sub.add_parser("credits", help="grant credits or show a tenant's balance")
     creds_sub = creds.add_subparsers(dest="credits_command", required=True)
     grant = creds_sub.add_parser("grant", help="add credits to a tenant")
@@ -97,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_tokens(settings, args))
     if args.command == "keys":
         return asyncio.run(_rotate_keys(settings))
-    if args.command in ("enqueue", "status", "credits"):
+    if args.command in ("enqueue", "status", "retry", "credits"):
         if args.command == "enqueue":
             args.body = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         return asyncio.run(_client_command(settings, args))
@@ -136,6 +139,8 @@ async def _client_command(settings: Settings, args: argparse.Namespace) -> int:
                 body = json.loads(args.body)
                 jobs = body["jobs"] if isinstance(body, dict) and "jobs" in body else body
                 out = (await client.enqueue(args.tenant, jobs)).model_dump(mode="json")
+            elif args.command == "retry":
+                out = (await client.retry_batch(args.batch_id, args.tenant)).model_dump(mode="json")
             elif args.command == "credits" and args.credits_command == "grant":
                 out = await client.grant_credits(args.tenant, args.amount, args.note)
             elif args.command == "credits":

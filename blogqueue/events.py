@@ -1,10 +1,11 @@
 """The event stream: every job change, in order, to any number of readers (DESIGN §12).
 
-Every state change of a job writes a row to `bq_job_events` in the statement that makes the
-change (queries.sql). One `EventHub` per process reads that table and fans the rows out:
+Every change of a job's public status writes a row to `bq_job_events` in the statement that
+makes it, with the status after it (queries.sql). One `EventHub` per `Client` (so one per service
+process) reads that table and fans the rows out:
 
 - **One poller per process**, not one query per reader: the hub reads the events after its
-  cursor every `EVENTS_POLL_SECONDS` (0.2 s) and hands each to the readers it concerns (indexed
+  cursor every `EVENTS_POLL_SECONDS` (0.1 s) and hands each to the readers it concerns (indexed
   by tenant), so 1,000 open streams cost one query per tick, not a thousand.
 - **No event is skipped when ids commit out of order.** Ids come from a sequence and are taken
   before commit: id 11 may be visible while id 10's transaction is still open, and a reader
@@ -57,6 +58,7 @@ BACKFILL_PAGE = 500  # events per query while a resuming reader catches up
 # timeout is 60 s), so only a transaction left open by hand stalls streams, and not forever.
 GAP_HOLD_MAX_S = 60.0
 RETRY_DELAY_S = 1.0  # after the poller's query failed (PostgreSQL restarting)
+START_TIMEOUT_S = 10.0  # a new reader waits this long for the poller's first reads
 
 
 class StreamLagged(BlogqueueError):
@@ -199,8 +201,11 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self._ready = asyncio.Event()  # ids up to the cursor are final (not before the first gap settles)
-        self._pending: tuple[int, list[int], float] | None = None  # (highest id seen, open xids, since)
-        self._final = 0  # every id up to this one is visible or never coming
+        # Gaps waiting to be final, oldest first: (highest id seen, the xids open then, since when).
+        # One per poll that saw ids past a gap, so under steady writes each waits one poll, not more.
+        self._pending: list[tuple[int, list[int], float]] = []
+        self._final = -1  # every id up to this one is visible or never coming
+        self._start = 0  # the last event id when the hub started
         self._wake = asyncio.Event()
         self.page = max(1, min(POLL_LIMIT, settings.events_buffer // 2))
         self.polls = 0
@@ -216,7 +221,7 @@ class EventHub:
         await self._ensure_started()
         if after is not None:
             # Events up to the cursor must be final before a reader reads them from PostgreSQL.
-            await self._ready.wait()
+            await asyncio.wait_for(self._ready.wait(), START_TIMEOUT_S)
         feed = Feed(self, tenant_id, batch_id, after, asyncio.Queue(maxsize=self.settings.events_buffer))
         # Registered and given its bound in one step of the event loop: the hub emits events
         # after the cursor to it from now on, and the cursor's events come from PostgreSQL.
@@ -249,7 +254,8 @@ class EventHub:
     async def _ensure_started(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="blogqueue-events")
-        await self._started.wait()
+        # TimeoutError while PostgreSQL cannot be reached (the service answers it with a 503).
+        await asyncio.wait_for(self._started.wait(), START_TIMEOUT_S)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -265,12 +271,16 @@ class EventHub:
                     head = await self.pool.fetchrow(Q["events_head"])
                     # Events up to the head are the past: the stream starts after them. Those of
                     # them still uncommitted are final once the transactions open now are over.
-                    self.cursor = head["last"]
-                    self._pending = (head["last"], list(head["open_xids"]), time.monotonic())
+                    self.cursor = self._start = head["last"]
+                    self._pending = [(head["last"], list(head["open_xids"]), time.monotonic())]
                     self._started.set()
                 full = await self.poll()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("event stream poll failed; retrying", error=type(exc).__name__)
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            except Exception:  # a bug must not end the stream of every reader for good
+                log.exception("event stream poll failed unexpectedly; retrying")
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
             if not full:
@@ -280,22 +290,23 @@ class EventHub:
 
     async def poll(self) -> bool:
         """One read of new events; returns True when it read a full page (more may be waiting)."""
-        pending_xids = self._pending[1] if self._pending is not None else []
         limit = self.page
-        rows = await self.pool.fetch(Q["events_poll"], self.cursor, limit, pending_xids)
+        asked = sorted({x for _, xids, _ in self._pending for x in xids})
+        rows = await self.pool.fetch(Q["events_poll"], self.cursor, limit, asked)
         self.polls += 1
         head = rows[0]
         found = [r for r in rows if r["id"] is not None]
         full = len(found) >= limit
-        if self._pending is not None:
-            bound, _, since = self._pending
-            settled = head["still_open"] == 0
-            if not settled and time.monotonic() - since > GAP_HOLD_MAX_S:
+        still = set(head["still_open"])
+        while self._pending:  # in order: a later gap is final only once the earlier ones are
+            bound, xids, since = self._pending[0]
+            if still.intersection(xids):
+                if time.monotonic() - since <= GAP_HOLD_MAX_S:
+                    break
                 log.warning("event id gap held too long; passing it", after=self.cursor, upto=bound)
-                settled = True
-            if settled:  # every id up to `bound` is visible in this snapshot or never will be
-                self._final = max(self._final, bound)
-                self._pending = None
+            # Every id up to `bound` is visible in this snapshot or never will be.
+            self._final = max(self._final, bound)
+            self._pending.pop(0)
         for r in found:  # in id order; past a missing id only where it is final
             if r["id"] != self.cursor + 1 and r["id"] > self._final:
                 break
@@ -303,11 +314,10 @@ class EventHub:
             self.cursor = r["id"]
         if not full:  # every visible id up to the final bound was read: the rest are never coming
             self.cursor = max(self.cursor, self._final)
-        if self._pending is None:
-            if self.cursor >= self._final:
-                self._ready.set()  # (at start: once the transactions open then are over)
-            if found and found[-1]["id"] > self.cursor:
-                self._pending = (found[-1]["id"], list(head["open_xids"]), time.monotonic())
+        if self._final >= self._start:
+            self._ready.set()  # the transactions open at start are over: ids up to the cursor are final
+        if found and found[-1]["id"] > max([self.cursor, *(b for b, _, _ in self._pending)]):
+            self._pending.append((found[-1]["id"], list(head["open_xids"]), time.monotonic()))
         return full
 
 

@@ -662,7 +662,8 @@ WITH ev AS (
     SELECT coalesce(array_agg(backend_xid::text::bigint), '{}') AS open_xids
     FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL
 ), still AS (
-    SELECT count(*)::int AS still_open FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+    SELECT coalesce(array_agg(xid(x)::text::bigint), '{}') AS still_open
+    FROM pg_snapshot_xip(pg_current_snapshot()) AS x
     WHERE xid(x)::text::bigint = ANY($3::bigint[])
 )
 SELECT ev.*, open.open_xids, still.still_open FROM open CROSS JOIN still LEFT JOIN ev ON true

@@ -98,7 +98,7 @@ class Settings:
     # period (the stream's latency), and how many events one reader may fall behind before it is
     # disconnected (it resumes with Last-Event-ID).
     events_heartbeat_seconds: float = 15.0
-    events_poll_seconds: float = 0.2
+    events_poll_seconds: float = 0.1
     events_buffer: int = 1000
 
     # Sources, publishers and credits (docs/sources-publishers-credits.md).

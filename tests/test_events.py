@@ -4,7 +4,7 @@ that commit out of order. The HTTP stream with real processes: tests/test_http_e
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -16,6 +16,8 @@ from blogqueue.errors import NotFound
 from blogqueue.events import Feed
 from blogqueue.models import StreamEvent
 from blogqueue.settings import Settings
+from testkit.processes import WorkerProcess
+from tests.apps_flaky import app as flaky_app
 from tests.conftest import keyword_jobs, wait_until
 
 
@@ -127,5 +129,20 @@ async def test_library_iterator_filters_by_tenant_and_batch(settings: Settings, 
         assert client._events is not None and client._events.readers == 0  # the reader left with the loop
 
 
-def _dump(events: list[StreamEvent]) -> list[dict[str, Any]]:
-    return [e.model_dump(mode="json") for e in events]
+async def test_statuses_in_the_stream_follow_a_retry(settings: Settings, pool: asyncpg.Pool,
+                                                     workers: Callable[..., list[WorkerProcess]]) -> None:
+    """A retryable failure shows as `retrying`, then the next attempt runs: every status change
+    is an event, with the status after it (a real worker)."""
+    s = settings.replace(app="tests.apps_flaky:app")
+    async with Client(s, pool, app=flaky_app) as client:
+        feed = await client.event_feed("shop-a")
+        job = (await client.enqueue("shop-a", [{"kind": "wobbly", "source": {"type": "keyword", "keyword": "x"}}]))
+        workers(1, app="tests.apps_flaky:app")
+        got = await _take(feed, 6, timeout=30)
+        feed.close()
+    assert [(e.event, e.status, e.attempt, e.stage) for e in got] == [
+        ("enqueued", "queued", 0, "wobble"), ("started", "running", 1, "wobble"),
+        ("retry_scheduled", "retrying", 1, "wobble"), ("started", "running", 2, "wobble"),
+        ("stage_done", "running", 2, "wobble"), ("done", "done", 2, None)]
+    assert {e.job_id for e in got} == {job.jobs[0].id}
+    assert got[2].detail is not None and got[2].detail["error"] == "the provider timed out"

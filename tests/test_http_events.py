@@ -7,7 +7,6 @@ import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -85,7 +84,12 @@ async def test_a_follower_sees_every_change_in_order_resumes_without_gaps_and_ne
         got: list[SSEEvent] = []
         await _collect(follow_a, lambda evs: len(evs) >= 10, into=got)  # part of the run...
         follow_a.close()  # ...then the client goes away while the jobs go on
-        await asyncio.sleep(0.3)  # events happen while it is away (what it must not miss)
+        async def missed() -> bool:  # events happen while it is away: what it must not miss
+            return bool(await pool.fetchval(
+                "SELECT count(*) FROM bq_job_events e JOIN bq_jobs j ON j.id = e.job_id "
+                "WHERE j.tenant_id = 'shop-a' AND e.id > $1", got[-1].id) >= 3)
+
+        await wait_until(missed, timeout=30, what="events while the follower is away")
         resumed = await SSEClient.open(base, "/v1/events", token=a, last_event_id=got[-1].id)
         await _collect(resumed, _all_final(jobs_a), into=got)
         got_b: list[SSEEvent] = []
@@ -150,7 +154,10 @@ async def test_a_reader_that_cannot_keep_up_is_disconnected_and_resumes(
     """A client that stops reading is cut off once it is EVENTS_BUFFER events behind (its kernel
     buffers full): the server holds a bounded queue for it, not every event since. A client
     reading at the same time gets everything; the slow one resumes from its last id."""
-    s = settings.replace(events_buffer=100)
+    # Enough ~330-byte events to outgrow the stalled reader's socket buffers: the server's send
+    # buffer grows to tcp_wmem's maximum (4 MiB here: 8,000 jobs, enqueued then stopped).
+    jobs = max(8000, -(-int(_send_buffer_max() * 1.2 / 660) // 2000) * 2000)
+    s = settings.replace(events_buffer=100, max_tenant_backlog=jobs, max_backlog=jobs)
     a = await make_token("shop-a")
     async with served(s, tmp_path) as (base, log_path):
         slow = await SSEClient.open(base, "/v1/events", token=a, rcvbuf=4096)
@@ -158,13 +165,11 @@ async def test_a_reader_that_cannot_keep_up_is_disconnected_and_resumes(
         await slow.wait_ping()
         await fast.wait_ping()
         fast_got: list[SSEEvent] = []
-        # 16,000 events of ~330 bytes outgrow the stalled reader's socket buffers (the server's
-        # send buffer grows to 4 MiB here): 8,000 jobs enqueued, then stopped.
         async with httpx.AsyncClient(base_url=base, timeout=60, headers={"Authorization": f"Bearer {a}"}) as http:
-            for _ in range(4):
+            for _ in range(jobs // 2000):
                 assert (await http.post("/v1/jobs", json={"jobs": keyword(2000)})).status_code == 202
-            assert (await http.post("/v1/stop")).json()["cancelled"] == 8000
-        total = 16000
+            assert (await http.post("/v1/stop")).json()["cancelled"] == jobs
+        total = 2 * jobs
         await _collect(fast, lambda evs: len(evs) >= total, into=fast_got)
         assert len({e.id for e in fast_got}) == total
         await wait_until(lambda: asyncio.to_thread(lambda: "fell behind" in log_path.read_text()), timeout=30,
@@ -183,5 +188,5 @@ async def test_a_reader_that_cannot_keep_up_is_disconnected_and_resumes(
         fast.close()
 
 
-def _ids(events: list[SSEEvent]) -> list[Any]:
-    return [e.id for e in events]
+def _send_buffer_max() -> int:
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])

@@ -63,6 +63,8 @@ async def test_every_operation_answers_per_the_document(api: Api, make_token: To
         await shop.get(f"/v1/batches/{batch_id}"),
         await shop.post(f"/v1/batches/{batch_id}/stop"),
         await shop.post("/v1/batches/nope/stop"),
+        await shop.post(f"/v1/batches/{batch_id}/retry"),  # 202, nothing failed
+        await shop.post("/v1/batches/nope/retry"),
         await shop.post("/v1/stop"),
         await shop.put("/v1/ai-settings", json={"model": "offline:template"}),
         await shop.put("/v1/ai-settings", json={"keys": {"openai": "sk-0123456789"}}),  # 503: no SECRET_KEY

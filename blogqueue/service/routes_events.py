@@ -84,27 +84,38 @@ class EventStream:
         self.heartbeat_s = heartbeat_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no")]})  # nginx: pass events on as they come
-        tasks = [asyncio.create_task(self._pump(send)), asyncio.create_task(self._until_disconnect(receive)),
-                 asyncio.create_task(self.feed.cut_off.wait())]
         try:
+            left = await self._run(receive, send)
+        except asyncio.CancelledError:
+            # The server is stopping and its shutdown grace is over: end the stream cleanly (the
+            # client reconnects with Last-Event-ID) instead of a traceback per open stream.
+            left = False
+        if left:
+            return  # the client left: nothing more to send
+        # Ends the response; a client that stopped reading does not get to hold this up, and
+        # the server then closes the connection without it.
+        with contextlib.suppress(TimeoutError, OSError, asyncio.CancelledError):
+            await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
+                                   FINISH_TIMEOUT_S)
+
+    async def _run(self, receive: Receive, send: Send) -> bool:
+        """Streams until the client leaves (True), or the feed is cut off or fails (False)."""
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]})  # nginx: pass events on as they come
+            tasks = [asyncio.create_task(self._pump(send)), asyncio.create_task(self._until_disconnect(receive)),
+                     asyncio.create_task(self.feed.cut_off.wait())]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.feed.close()
-        if tasks[1] in done:
-            return  # the client left: nothing more to send
         if self.feed.lagged:
             log.info("event stream reader fell behind; disconnected", last_event_id=self.feed.last_id)
-        # Ends the response; a client that stopped reading does not get to hold this up, and
-        # the server then closes the connection without it.
-        with contextlib.suppress(TimeoutError, OSError):
-            await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
-                                   FINISH_TIMEOUT_S)
+        return tasks[1] in done
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.body", "body": sse_comment("ping"), "more_body": True})
