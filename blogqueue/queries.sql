@@ -565,3 +565,17 @@ DELETE FROM bq_wix_installations WHERE instance_id = $1 RETURNING tenant_id;
 
 -- name: wix_instance_for_tenant
 SELECT instance_id FROM bq_wix_installations WHERE tenant_id = $1;
+
+-- Batch lane and per-call replay (sql/009_batch_lane.sql; blogqueue/replay.py, blogqueue/batchlane.py).
+
+-- name: call_responses
+SELECT call_no, request_hash, response FROM bq_call_responses WHERE job_id = $1 AND stage = $2;
+
+-- name: save_call_responses
+-- Answers are facts already paid for: kept whoever holds the attempt; a later write of the
+-- same call (a retry whose request changed) replaces the earlier one.
+INSERT INTO bq_call_responses (job_id, stage, call_no, request_hash, lane, response)
+SELECT $1, $2, c, h, l, r FROM unnest($3::int[], $4::text[], $5::text[], $6::jsonb[]) AS x(c, h, l, r)
+ON CONFLICT (job_id, stage, call_no) DO UPDATE SET
+    request_hash = EXCLUDED.request_hash, lane = EXCLUDED.lane, response = EXCLUDED.response,
+    created_at = now();
