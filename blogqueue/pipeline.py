@@ -118,9 +118,9 @@ class Run:
         if kept is not None:
             return replay.text_from_json(kept)
         if self.lane == "batch":
-            from . import batchlane  # the lane's module; the now-lane never imports it
+            from .batchlane import text_call as batch_text_call  # the now-lane never imports it
 
-            sent = await batchlane.text_call(self, r, request, n, digest)
+            sent = await batch_text_call(self, r, request, n, digest)
             if sent is not None:  # its batch request came back: the answer, stored by the poller
                 return sent
             # None: no batch adapter for this provider, or the batch fell back: the now-lane.

@@ -59,6 +59,9 @@ class JobInput(_Body):
     publish: bool = True
     run_at: datetime | None = Field(default=None, description="not dispatched before this time (ISO 8601)")
     metadata: dict[str, Any] = Field(default_factory=dict, description="echoed back with the job")
+    lane: Literal["now", "batch"] | None = Field(
+        default=None, description="now: synchronous provider calls; batch: the providers' Batch APIs, about half "
+        "the price, results within hours (docs/batch-lane.md). Default: the deployment's BLOGQUEUE_DEFAULT_LANE")
 
 
 class JobBatchInput(_Body):
