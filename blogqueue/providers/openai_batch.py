@@ -74,8 +74,8 @@ class OpenAIBatch:
         try:
             f = await client.files.create(file=(f"blogqueue-{intent_id}.jsonl", jsonl(items), "application/jsonl"),
                                           purpose="batch")
-            b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                                            metadata={INTENT_KEY: intent_id})
+            b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h", metadata={INTENT_KEY: intent_id})
         except openai.OpenAIError as exc:
             raise _error(exc, api_key) from None
         return b.id
