@@ -46,3 +46,111 @@ async def test_offline_batch_lane_jobs_park_and_finish(lane_settings: Settings, 
     assert [c for c in read_calls(lane_settings) if c["call"] == "text"] == []
     rows = await pool.fetch("SELECT state, request_count FROM bq_provider_batches")
     assert sum(r["request_count"] for r in rows) == 5 and {r["state"] for r in rows} == {"ended"}
+
+
+KEY = "sk-batch-platform-key-123456"
+
+
+def _openai_env(fake: Any, **extra: Any) -> dict[str, Any]:
+    return {**FAST, "openai_base_url": fake.base_url, "openai_api_key": KEY, **extra}
+
+
+def _jobs(n: int, prefix: str = "tea") -> list[dict[str, Any]]:
+    return [{"source": {"type": "keyword", "keyword": f"{prefix} {i}"}, "lane": "batch", "image": False,
+             "model": "openai:gpt-4o-mini"} for i in range(n)]
+
+
+async def test_200_batch_lane_jobs_each_request_submitted_once_no_synchronous_call(
+        lane_settings: Settings, pool: asyncpg.Pool, workers: Any) -> None:
+    from blogqueue.testing.fake_openai_batch import FakeOpenAIBatch
+
+    with FakeOpenAIBatch(completion_delay_s=0.5) as fake:
+        env = _openai_env(fake, batch_max_requests=100, worker_concurrency=20)
+        s = lane_settings.replace(**env)
+        client = blogqueue.Client(s, pool)
+        workers(2, **env)
+        out = await client.enqueue("shop-a", _jobs(200))
+        jobs = [await finished(client, j.id, timeout=120) for j in out.jobs]
+        chat = fake.count(path_prefix="/v1/chat/completions")
+        ids = dict(fake.custom_ids)
+        created = fake.batches_created
+    assert [j.status for j in jobs] == ["done"] * 200, [j for j in jobs if j.status != "done"][:1]
+    assert chat == 0  # not one synchronous call for them
+    assert len(ids) == 200 and set(ids.values()) == {1}, ids  # each request submitted exactly once
+    assert created >= 2  # BATCH_MAX_REQUESTS=100 cut them into batches
+    assert all(j.result and j.result["title"].startswith("A fake post") for j in jobs)
+
+
+async def test_a_leader_killed_between_upload_and_record_submits_nothing_twice(
+        lane_settings: Settings, pool: asyncpg.Pool, workers: Any) -> None:
+    from blogqueue.testing.fake_openai_batch import FakeOpenAIBatch
+
+    # The batch is created at once, but its id reaches the client 30 s later: the leader is
+    # killed while it waits, so the id was never recorded.
+    with FakeOpenAIBatch(completion_delay_s=0.5, create_delay_s=30) as fake:
+        env = _openai_env(fake)
+        client = blogqueue.Client(lane_settings.replace(**env), pool)
+        [leader] = workers(1, **env)
+        out = await client.enqueue("shop-a", _jobs(6))
+        await wait_until(lambda: _true(fake.batches_created == 1), timeout=30)
+        assert await pool.fetchval("SELECT count(*) FROM bq_provider_batches WHERE state = 'intent'") == 1
+        leader.kill()
+        fake.create_delay_s = 0.0
+        workers(1, **env)
+        jobs = [await finished(client, j.id, timeout=60) for j in out.jobs]
+        ids = dict(fake.custom_ids)
+        created = fake.batches_created
+    assert [j.status for j in jobs] == ["done"] * 6, jobs
+    assert created == 1  # the new leader found the batch in the provider's list (metadata)
+    assert len(ids) == 6 and set(ids.values()) == {1}, ids
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_an_expired_batch_falls_back_to_the_now_lane(lane_settings: Settings, pool: asyncpg.Pool,
+                                                           workers: Any) -> None:
+    from blogqueue.testing.fake_openai_batch import FakeOpenAIBatch
+
+    with FakeOpenAIBatch(completion_delay_s=0.5, expire=True, expire_fraction=0.5) as fake:
+        env = _openai_env(fake, batch_max_requests=4)
+        client = blogqueue.Client(lane_settings.replace(**env), pool)
+        workers(1, **env)
+        out = await client.enqueue("shop-a", _jobs(4))
+        jobs = [await finished(client, j.id) for j in out.jobs]
+        chat = fake.count(path_prefix="/v1/chat/completions")
+    assert [j.status for j in jobs] == ["done"] * 4, jobs
+    fell_back = [j for j in jobs if any(e.event == "batch_fallback" for e in j.events)]
+    assert len(fell_back) == 2 and chat == 2  # half expired unanswered: those went to the now-lane
+    row = await pool.fetchrow("SELECT state, succeeded, fell_back FROM bq_provider_batches")
+    assert dict(row) == {"state": "expired", "succeeded": 2, "fell_back": 2}
+
+
+async def test_a_stopped_parked_job_ends_cancelled_and_its_batch_is_cancelled(
+        lane_settings: Settings, pool: asyncpg.Pool, workers: Any) -> None:
+    from blogqueue.testing.fake_openai_batch import FakeOpenAIBatch
+
+    with FakeOpenAIBatch(completion_delay_s=120) as fake:
+        env = _openai_env(fake)
+        client = blogqueue.Client(lane_settings.replace(**env), pool)
+        workers(1, **env)
+        out = await client.enqueue("shop-a", _jobs(1))
+        job_id = out.jobs[0].id
+
+        async def submitted() -> bool:
+            return bool(await pool.fetchval("SELECT count(*) FROM bq_provider_batches WHERE state = 'submitted'"))
+
+        await wait_until(submitted, timeout=30)
+        job = await client.get_job(job_id)
+        assert job.status == "running" and job.stage == "content", job
+        stopped = await client.stop_job(job_id)
+        assert stopped.cancelled == 1
+        assert (await client.get_job(job_id)).status == "cancelled"
+
+        async def cancelled_at_provider() -> bool:
+            return any(b["cancelled_at"] for b in fake.batches.values())
+
+        await wait_until(cancelled_at_provider, timeout=30)
+        chat = fake.count(path_prefix="/v1/chat/completions")
+    assert chat == 0
