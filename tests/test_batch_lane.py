@@ -154,3 +154,15 @@ async def test_a_stopped_parked_job_ends_cancelled_and_its_batch_is_cancelled(
         await wait_until(cancelled_at_provider, timeout=30)
         chat = fake.count(path_prefix="/v1/chat/completions")
     assert chat == 0
+
+
+async def test_metrics_show_the_batch_lane(lane_settings: Settings, pool: asyncpg.Pool, workers: Any) -> None:
+    client = blogqueue.Client(lane_settings, pool)
+    workers(1, **FAST)
+    out = await client.enqueue("shop-a", [{"source": {"type": "keyword", "keyword": "mint"}, "lane": "batch",
+                                           "image": False}])
+    job = await finished(client, out.jobs[0].id)
+    lane = (await client.metrics())["batch_lane"]
+    assert job.status == "done"
+    assert lane["requests"] == 1 and lane["parked_jobs"] == 0 and lane["open_batches"] == 0
+    assert lane["tokens"] > 0 and lane["estimated_saving_tokens"] == round(lane["tokens"] * 0.5)

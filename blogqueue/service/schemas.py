@@ -176,6 +176,17 @@ class Bucket(BaseModel):
     tokens_used_total: int
 
 
+class BatchLaneState(_Body):
+    parked_jobs: int = Field(ge=0, description="batch-lane jobs waiting for a provider batch")
+    open_batches: int = Field(ge=0, description="provider batches recorded or submitted, not yet ended")
+    requests: int = Field(ge=0, description="batch-lane requests answered")
+    tokens: int = Field(ge=0, description="prompt + completion tokens of those answers")
+    fallbacks_to_now_lane: int = Field(ge=0, description="requests an expired, failed or cancelled batch "
+                                       "sent back to the now-lane")
+    estimated_saving_tokens: int = Field(ge=0, description="tokens x (1 - BATCH_PRICE_RATIO): what the batch "
+                                         "lane saved, in tokens at the synchronous price")
+
+
 class Metrics(_Body):
     counts: dict[PublicStatus, int]
     backlog_by_tenant: list[TenantBacklog]
@@ -183,6 +194,7 @@ class Metrics(_Body):
     dispatcher: DispatcherState
     workers: list[WorkerState]
     database_pool: PoolState
+    batch_lane: BatchLaneState
     buckets: list[Bucket] = Field(description="rate-limit buckets of this queue; empty while Redis is unreachable")
     redis_reachable: bool = Field(description="false: Redis did not answer, so buckets could not be read")
 
