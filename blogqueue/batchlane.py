@@ -248,8 +248,23 @@ class BatchLane:
         return len(rows) == limit and len(picked) == len(rows)
 
     async def _submit(self, batch: BatchProvider, intent: uuid.UUID, items: list[BatchItem], any_job: Any) -> None:
-        key = await self._key(any_job)
-        provider_id = await batch.submit(items, key, items[0].request.model, str(intent))
+        """Uploads an intent's requests and records the provider's id.
+
+        A retryable failure leaves the intent as it is: the next leader tick past LEASE_SECONDS
+        reconciles it (finds it at the provider, or submits it). A fatal one (a bad key, a
+        refused model) ends the intent `failed`: its calls go to the now-lane, where the stage
+        meets the same error and fails as a now-lane job would.
+        """
+        try:
+            key = await self._key(any_job)
+            provider_id = await batch.submit(items, key, items[0].request.model, str(intent))
+        except FatalError as exc:
+            log.warning("batch lane: the provider refused the batch; its calls go to the now-lane",
+                        provider=batch.name, error=exc.message)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.fetchrow(Q["batch_end"], intent, "failed", 0, 0)
+                await conn.execute(Q["notify_dispatcher"], "batch")
+            return
         await self.pool.execute(Q["batch_submitted"], intent, provider_id, self.settings.batch_poll_seconds)
         self.submitted += 1
         log.info("batch lane: batch submitted", provider=batch.name, batch=provider_id, requests=len(items))

@@ -729,12 +729,13 @@ WITH ans AS (
 SELECT count(*)::int AS n FROM req;
 
 -- name: batch_end
--- The batch ended ($2 ended | expired | failed | cancelled): whatever it did not answer goes
--- back to the now-lane (state fallback, counted), its jobs queued again.
+-- The batch ended ($2 ended | expired | failed | cancelled; an intent the provider refused
+-- to take ends failed too): whatever it did not answer goes back to the now-lane (state
+-- fallback, counted), its jobs queued again.
 WITH b AS (
     UPDATE bq_provider_batches SET state = $2, ended_at = now(), succeeded = $3, errored = $4,
         fell_back = (SELECT count(*) FROM bq_batch_requests WHERE batch_id = $1 AND state = 'submitted')
-    WHERE id = $1 AND state = 'submitted'
+    WHERE id = $1 AND state IN ('intent', 'submitted')
     RETURNING id
 ), req AS (
     UPDATE bq_batch_requests r SET state = 'fallback', finished_at = now()
