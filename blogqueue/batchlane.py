@@ -45,7 +45,7 @@ from . import ratelimit, replay
 from .db import Q
 from .errors import FatalError, JobError, RateLimited, RetryableError
 from .providers.base import ProviderConfig, TextRequest, TextResult
-from .providers.batch import BatchItem, BatchProvider
+from .providers.batch import BatchItem, BatchProvider, Intent
 from .resolve import Resolved, resolve
 from .settings import Settings
 
@@ -73,7 +73,13 @@ def _offline(settings: Settings) -> BatchProvider:
     return OfflineBatch(settings.offline_batch_seconds)
 
 
-FACTORIES = {"openai": _openai, "offline": _offline}
+def _anthropic(settings: Settings) -> BatchProvider:
+    from .providers.anthropic_batch import AnthropicBatch
+
+    return AnthropicBatch(ProviderConfig(settings.anthropic_base_url, settings.provider_timeout_seconds))
+
+
+FACTORIES = {"openai": _openai, "anthropic": _anthropic, "offline": _offline}
 _built: dict[tuple[int, str], BatchProvider] = {}
 
 
@@ -91,10 +97,10 @@ def adapter(app: App, provider: str, settings: Settings) -> BatchProvider | None
 
 def _builtin(app: App, provider: str) -> bool:
     """Only the built-in adapter of that name speaks its Batch API (an app may replace it)."""
-    from .providers import offline, openai
+    from .providers import anthropic, offline, openai
 
     factory = app.providers[provider].factory
-    return factory in (offline.OfflineProvider, openai.OpenAIProvider)
+    return factory in (offline.OfflineProvider, openai.OpenAIProvider, anthropic.AnthropicProvider)
 
 
 # -- worker side -----------------------------------------------------------------------
@@ -259,15 +265,18 @@ class BatchLane:
             key = await self._key(any_job)
             provider_id = await batch.submit(items, key, items[0].request.model, str(intent))
         except FatalError as exc:
-            log.warning("batch lane: the provider refused the batch; its calls go to the now-lane",
-                        provider=batch.name, error=exc.message)
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.fetchrow(Q["batch_end"], intent, "failed", 0, 0)
-                await conn.execute(Q["notify_dispatcher"], "batch")
+            await self._fail_intent(intent, batch.name, exc)
             return
         await self.pool.execute(Q["batch_submitted"], intent, provider_id, self.settings.batch_poll_seconds)
         self.submitted += 1
         log.info("batch lane: batch submitted", provider=batch.name, batch=provider_id, requests=len(items))
+
+    async def _fail_intent(self, intent: uuid.UUID, provider: str, exc: JobError) -> None:
+        log.warning("batch lane: the provider refused the batch; its calls go to the now-lane",
+                    provider=provider, error=exc.message)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.fetchrow(Q["batch_end"], intent, "failed", 0, 0)
+            await conn.execute(Q["notify_dispatcher"], "batch")
 
     async def recover(self) -> None:
         """Intents of a leader that died: found at the provider by their intent id, else submitted."""
@@ -276,13 +285,23 @@ class BatchLane:
             batch = adapter(self.app, b["provider"], self.settings)
             if batch is None or b["any_job"] is None:
                 continue
-            key = await self._key(b["any_job"])
-            found = await batch.find(key, str(b["id"]))
+            reqs = await self.pool.fetch(Q["batch_requests_of"], b["id"])
+            known = await self.pool.fetch(Q["batch_known_ids"], b["provider"], b["key_hash"])
+            intent = Intent(str(b["id"]), frozenset(r["custom_id"] for r in reqs), b["created_at"],
+                            frozenset(r["provider_batch_id"] for r in known))
+            try:
+                key = await self._key(b["any_job"])
+                found = await batch.find(key, intent)
+            except FatalError as exc:
+                await self._fail_intent(b["id"], batch.name, exc)
+                continue
+            except JobError as exc:
+                log.warning("batch lane: could not list the provider's batches; later", error=exc.message)
+                continue
             if found is not None:
                 await self.pool.execute(Q["batch_submitted"], b["id"], found, self.settings.batch_poll_seconds)
                 log.info("batch lane: recovered a submitted batch", provider=b["provider"], batch=found)
                 continue
-            reqs = await self.pool.fetch(Q["batch_requests_of"], b["id"])
             items = [BatchItem(r["custom_id"], TextRequest(**r["body"])) for r in reqs]
             if items:
                 log.info("batch lane: an intent was never submitted; submitting it", provider=b["provider"])
@@ -300,9 +319,9 @@ class BatchLane:
             batch = adapter(self.app, b["provider"], s)
             if batch is None or b["any_job"] is None:
                 continue
-            key = await self._key(b["any_job"])
             self.polled += 1
             try:
+                key = await self._key(b["any_job"])
                 status = await batch.status(b["provider_batch_id"], key)
             except JobError as exc:
                 log.warning("batch lane: poll failed", batch=b["provider_batch_id"], error=exc.message)

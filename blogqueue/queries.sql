@@ -667,6 +667,12 @@ FROM bq_provider_batches b
 WHERE b.state = 'intent' AND b.created_at < now() - make_interval(secs => $1) AND NOT (b.id = ANY($2::uuid[]))
 ORDER BY b.created_at;
 
+-- name: batch_known_ids
+-- Provider batch ids already recorded for a (provider, key): a recovered intent is none of them.
+SELECT provider_batch_id FROM bq_provider_batches
+WHERE provider = $1 AND key_hash = $2 AND provider_batch_id IS NOT NULL
+  AND created_at > now() - interval '2 days';
+
 -- name: batch_requests_of
 SELECT id, custom_id, job_id, body FROM bq_batch_requests WHERE batch_id = $1 ORDER BY id;
 

@@ -10,6 +10,7 @@ cancelled, failed) are simply absent from `results`, and the lane sends them to 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 from ..errors import JobError
@@ -22,6 +23,18 @@ BatchState = Literal["in_progress", "ended", "expired", "failed", "cancelled"]
 class BatchItem:
     custom_id: str
     request: TextRequest
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What the lane knows of a batch it may have submitted: its intent id (OpenAI metadata), its
+    requests' custom ids, when the intent was recorded, and provider ids already recorded
+    (which cannot be this one)."""
+
+    id: str
+    custom_ids: frozenset[str]
+    created_at: datetime
+    known: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -46,8 +59,8 @@ class BatchProvider(Protocol):
         """Uploads the requests as one batch tagged with `intent_id`; returns the provider's batch id."""
         ...
 
-    async def find(self, api_key: str | None, intent_id: str) -> str | None:
-        """The provider's id of the batch submitted with this intent id, if there is one."""
+    async def find(self, api_key: str | None, intent: Intent) -> str | None:
+        """The provider's id of the batch submitted for this intent, if there is one."""
         ...
 
     async def status(self, batch_id: str, api_key: str | None) -> BatchStatus: ...

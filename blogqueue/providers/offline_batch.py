@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from ..errors import JobError
 from .base import CallContext
-from .batch import BatchAnswer, BatchItem, BatchStatus
+from .batch import BatchAnswer, BatchItem, BatchStatus, Intent
 from .offline import OfflineConfig, OfflineProvider
 
 
@@ -43,8 +43,8 @@ class OfflineBatch:
         self._batches[batch_id] = _Batch(intent_id, list(items), time.monotonic() + self.completion_seconds)
         return batch_id
 
-    async def find(self, api_key: str | None, intent_id: str) -> str | None:
-        return next((k for k, b in self._batches.items() if b.intent_id == intent_id), None)
+    async def find(self, api_key: str | None, intent: Intent) -> str | None:
+        return next((k for k, b in self._batches.items() if b.intent_id == intent.id), None)
 
     async def status(self, batch_id: str, api_key: str | None) -> BatchStatus:
         b = self._batches.get(batch_id)

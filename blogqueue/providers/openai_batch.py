@@ -22,7 +22,7 @@ from openai import AsyncOpenAI
 from ..errors import JobError
 from . import common
 from .base import ProviderConfig, TextRequest, TextResult
-from .batch import BatchAnswer, BatchItem, BatchState, BatchStatus
+from .batch import BatchAnswer, BatchItem, BatchState, BatchStatus, Intent
 from .openai import NAME
 
 INTENT_KEY = "blogqueue_intent"
@@ -80,12 +80,12 @@ class OpenAIBatch:
             raise _error(exc, api_key) from None
         return b.id
 
-    async def find(self, api_key: str | None, intent_id: str) -> str | None:
+    async def find(self, api_key: str | None, intent: Intent) -> str | None:
         client = self._client(api_key)
         seen = 0
         try:
             async for b in client.batches.list(limit=100):
-                if (b.metadata or {}).get(INTENT_KEY) == intent_id:
+                if (b.metadata or {}).get(INTENT_KEY) == intent.id:
                     return b.id
                 seen += 1
                 if seen >= FIND_SCAN:
