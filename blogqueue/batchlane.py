@@ -135,14 +135,15 @@ async def text_call(run: Run, r: Resolved, request: TextRequest, call_no: int, d
     settings, pool = run._settings, run._pool
     if adapter(run.app, r.provider, settings) is None:
         return None
-    row = await pool.fetchrow(Q["batch_request_for_call"], run.job["id"], run.stage, call_no)
+    # A first attempt has no request yet: requests are recorded only by parking, which ends the attempt.
+    row = None if run.attempt <= 1 else await pool.fetchrow(Q["batch_request_for_call"], run.job["id"], run.stage,
+                                                            call_no)
     if row is not None:
         if row["state"] in ("pending", "submitted") and row["request_hash"] == digest:
             pass  # still out (a stray re-run): park again, the answer will wake the job
-        elif row["state"] == "done" and row["request_hash"] == digest:
-            kept = await run._calls.stored(call_no, digest, look=True)
-            if kept is not None:
-                return replay.text_from_json(kept)
+        elif row["state"] == "done" and row["request_hash"] == digest and (
+                kept := await run._calls.stored(call_no, digest, look=True)) is not None:
+            return replay.text_from_json(kept)
         else:
             await pool.execute(Q["batch_request_consume"], row["id"])
             if row["request_hash"] == digest and row["state"] == "error":

@@ -211,3 +211,24 @@ async def test_the_batch_queue_limit_is_respected_by_splitting(lane_settings: Se
         created = fake.batches_created
     assert [j.status for j in jobs] == ["done"] * 12, jobs
     assert failed == [] and created >= 3  # cut to fit, never refused for the queue limit
+
+
+async def test_lane_validation_default_and_batch_credit_price(settings: Settings, pool: asyncpg.Pool) -> None:
+    from blogqueue import credits
+    from blogqueue.errors import InvalidInput
+
+    client = blogqueue.Client(settings.replace(credits_enabled=True), pool)
+    with pytest.raises(InvalidInput) as err:
+        await client.enqueue("shop-a", {"source": {"type": "keyword", "keyword": "x"}, "lane": "later"})
+    assert err.value.details == {"field": "job.lane"}
+    await credits.grant(pool, "shop-a", 100)
+    out = await client.enqueue("shop-a", [{"source": {"type": "keyword", "keyword": "now"}},
+                                          {"source": {"type": "keyword", "keyword": "batch"}, "lane": "batch"}])
+    lanes = [(await client.get_job(j.id)).lane for j in out.jobs]
+    assert lanes == ["now", "batch"]
+    # blog_post costs 25; in the batch lane BATCH_CREDIT_PERCENT (50) of it, rounded up.
+    assert (await credits.balance(pool, "shop-a"))["reserved"] == 25 + 13
+    batch_default = blogqueue.Client(settings.replace(default_lane="batch"), pool)
+    out = await batch_default.enqueue("shop-b", [{"source": {"type": "keyword", "keyword": "d"}},
+                                                 {"source": {"type": "keyword", "keyword": "n"}, "lane": "now"}])
+    assert [(await client.get_job(j.id)).lane for j in out.jobs] == ["batch", "now"]
