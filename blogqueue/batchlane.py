@@ -324,6 +324,13 @@ class BatchLane:
             try:
                 key = await self._key(b["any_job"])
                 status = await batch.status(b["provider_batch_id"], key)
+            except FatalError as exc:
+                # The provider no longer knows the batch, or the key was revoked: its calls go to
+                # the now-lane, where each job meets the provider as a now-lane job would.
+                log.warning("batch lane: the provider refuses to report the batch; falling back",
+                            batch=b["provider_batch_id"], error=exc.message)
+                await self._fail_intent(b["id"], batch.name, exc)
+                continue
             except JobError as exc:
                 log.warning("batch lane: poll failed", batch=b["provider_batch_id"], error=exc.message)
                 await self.pool.execute(Q["batch_poll_later"], b["id"], self._backoff(b["polls"]), False)
@@ -336,7 +343,12 @@ class BatchLane:
                     log.info("batch lane: no request of the batch is wanted; cancelled", batch=b["provider_batch_id"])
                 await self.pool.execute(Q["batch_poll_later"], b["id"], self._backoff(b["polls"]), cancel)
                 continue
-            await self._ended(batch, b, key, status.state, status.detail)
+            try:
+                await self._ended(batch, b, key, status.state, status.detail)
+            except JobError as exc:
+                log.warning("batch lane: could not read the batch's results; later", batch=b["provider_batch_id"],
+                            error=exc.message)
+                await self.pool.execute(Q["batch_poll_later"], b["id"], self._backoff(b["polls"]), False)
 
     def _backoff(self, polls: int) -> float:
         s = self.settings
