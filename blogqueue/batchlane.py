@@ -200,7 +200,7 @@ class BatchLane:
 
     async def _key(self, job_id: Any) -> str | None:
         """The API key of a collector: resolved from one of its jobs, as that job's own call would."""
-        job = await self.pool.fetchrow("SELECT id, tenant_id, user_id, model FROM bq_jobs WHERE id = $1", job_id)
+        job = await self.pool.fetchrow(Q["batch_job_for_key"], job_id)
         if job is None:
             return None
         return (await resolve(dict(job), self.settings, self.pool, self.app)).api_key
@@ -373,8 +373,3 @@ class BatchLane:
         log.info("batch lane: batch ended", batch=b["provider_batch_id"], state=state, answered=len(ok),
                  errors=len(bad), fell_back=fell_back, detail=detail or None)
 
-
-async def stats(pool: asyncpg.Pool | asyncpg.Connection, settings: Settings) -> dict[str, Any]:
-    """The lane's numbers for /v1/metrics and /metrics."""
-    row = dict(await pool.fetchrow(Q["batch_lane_stats"]))
-    return row

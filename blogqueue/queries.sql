@@ -673,6 +673,10 @@ SELECT provider_batch_id FROM bq_provider_batches
 WHERE provider = $1 AND key_hash = $2 AND provider_batch_id IS NOT NULL
   AND created_at > now() - interval '2 days';
 
+-- name: batch_job_for_key
+-- What resolving a collector's API key needs of one of its jobs (blogqueue/resolve.py).
+SELECT id, tenant_id, user_id, model FROM bq_jobs WHERE id = $1;
+
 -- name: batch_requests_of
 SELECT id, custom_id, job_id, body FROM bq_batch_requests WHERE batch_id = $1 ORDER BY id;
 
