@@ -20,8 +20,7 @@ FAST = {"batch_window_seconds": 0.3, "batch_poll_seconds": 0.2, "batch_poll_max_
 
 
 @pytest.fixture
-async def lane_settings(settings: Settings, pool: asyncpg.Pool) -> Settings:
-    await pool.execute("TRUNCATE bq_provider_batches CASCADE")
+def lane_settings(settings: Settings) -> Settings:
     return settings.replace(**FAST)
 
 
