@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("blogqueue.batchlane")
 
 POLL_BATCH = 50
+STORE_CHUNK = 200  # answers stored per transaction (see BatchLane._ended)
 
 
 # -- adapters ------------------------------------------------------------------------
@@ -356,17 +357,23 @@ class BatchLane:
 
     async def _ended(self, batch: BatchProvider, b: asyncpg.Record, key: str | None, state: str, detail: str) -> None:
         answers = await batch.results(b["provider_batch_id"], key)
-        ok = [a for a in answers if a.result is not None]
-        bad = [a for a in answers if a.error is not None]
+        ok = [(a.custom_id, a.result) for a in answers if a.result is not None]
+        bad = [(a.custom_id, a.error) for a in answers if a.error is not None]
+        # In chunks, each its own transaction, yielding in between: this runs in the leader's event
+        # loop next to the dispatcher, and one statement over thousands of answers would hold it
+        # (and their jobs' rows) for the whole batch. Safe to cut: each chunk only touches requests
+        # still `submitted`, so a leader that dies midway leaves the rest for the next poll.
+        for i in range(0, len(ok), STORE_CHUNK):
+            part = ok[i:i + STORE_CHUNK]
+            await self.pool.execute(Q["batch_store_answers"], [c for c, _ in part],
+                                    [replay.text_to_json(r) for _, r in part], [r.prompt_tokens for _, r in part],
+                                    [r.completion_tokens for _, r in part], b["id"])
+            await self.pool.execute(Q["notify_dispatcher"], "batch")
+        for i in range(0, len(bad), STORE_CHUNK):
+            part_bad = bad[i:i + STORE_CHUNK]
+            await self.pool.execute(Q["batch_store_errors"], [c for c, _ in part_bad],
+                                    [error_to_json(e) for _, e in part_bad], b["id"])
         async with self.pool.acquire() as conn, conn.transaction():
-            if ok:
-                await conn.execute(Q["batch_store_answers"], [a.custom_id for a in ok],
-                                   [replay.text_to_json(a.result) for a in ok if a.result is not None],
-                                   [a.result.prompt_tokens for a in ok if a.result is not None],
-                                   [a.result.completion_tokens for a in ok if a.result is not None], b["id"])
-            if bad:
-                await conn.execute(Q["batch_store_errors"], [a.custom_id for a in bad],
-                                   [error_to_json(a.error) for a in bad if a.error is not None], b["id"])
             end = await conn.fetchrow(Q["batch_end"], b["id"], state, len(ok), len(bad))
             await conn.execute(Q["notify_dispatcher"], "batch")
         fell_back = end["fell_back"] if end else 0
