@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ENV_FILE := .blogqueue/env
 LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a;
 
-.PHONY: install services test-deps browser-deps promtool-deps console-screenshot migrate test chaos lint demo bench bench-http bench-ratelimit bench-token-fairness bench-load bench-wix bench-events worker serve clean
+.PHONY: install services test-deps browser-deps promtool-deps console-screenshot migrate test chaos lint demo bench bench-http bench-ratelimit bench-token-fairness bench-load bench-wix bench-events bench-batch worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -106,6 +106,10 @@ BENCHES := engine enqueue fairness memory $(if $(wildcard benchmarks/ratelimit.p
 
 bench: services
 	@set -e; for b in $(BENCHES); do echo "== benchmarks/$$b.py"; $(LOAD_ENV) $(PY) benchmarks/$$b.py; done
+
+# The batch lane (docs/batch-lane.md): 5,000 batch-lane jobs + 50 small now-lane stores.
+bench-batch: services
+	$(LOAD_ENV) $(PY) benchmarks/batch_lane.py $(BENCH_ARGS)
 
 bench-%: services
 	$(LOAD_ENV) $(PY) benchmarks/$*.py $(BENCH_ARGS)

@@ -135,7 +135,7 @@ class Client:
             batch_id = await self._insert(conn, tenant_id, user_id, specs, ids, new)
             # After the insert (the ledger references the jobs); refusing rolls the insert back.
             await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in sorted(new)],
-                                  self.app)
+                                  self.app, lanes=[specs[n].lane or self.settings.default_lane for n in sorted(new)])
             rows = await conn.fetch(
                 "SELECT id, bq_public_status(status, failures) AS status FROM bq_jobs WHERE id = ANY($1::uuid[])",
                 list(set(ids)))
@@ -197,7 +197,8 @@ class Client:
         picked = [(ids[n], specs[n]) for n in sorted(new)]
         await conn.execute(
             Q["insert_jobs"],
-            [i for i, _ in picked], [s.kind for _, s in picked], [s.stored() for _, s in picked],
+            [i for i, _ in picked], [s.kind for _, s in picked],
+            [s.stored(self.settings.default_lane) for _, s in picked],
             [s.model for _, s in picked], [s.priority for _, s in picked],
             [s.idempotency_key for _, s in picked], [s.request_hash() for _, s in picked],
             [s.run_at for _, s in picked], [self.app.kinds[s.kind].stage_names[0] for _, s in picked],

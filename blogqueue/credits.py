@@ -30,11 +30,12 @@ MAX_GRANT = 10**12
 
 
 async def reserve(conn: asyncpg.Connection, settings: Settings, tenant_id: str,
-                  jobs: list[tuple[uuid.UUID, str]], app: App) -> int:
+                  jobs: list[tuple[uuid.UUID, str]], app: App, *, lanes: list[str] | None = None) -> int:
     """Reserves the cost of the new jobs `(id, kind)`, or raises InsufficientCredits.
 
     A kind's cost is BLOGQUEUE_CREDIT_COSTS' figure for it, else the `credit_cost`
-    the app registered it with (`App.credit_cost`).
+    the app registered it with (`App.credit_cost`). A batch-lane job (`lanes`, one per job)
+    costs BATCH_CREDIT_PERCENT of that, rounded up.
 
     Must run inside the enqueue's transaction, under its per-tenant lock, so
     the balance read here is still true when the reservation commits.
@@ -42,6 +43,9 @@ async def reserve(conn: asyncpg.Connection, settings: Settings, tenant_id: str,
     if not settings.credits_enabled or not jobs:
         return 0
     amounts = [app.credit_cost(kind, settings) for _, kind in jobs]
+    if lanes is not None:
+        amounts = [-(-a * settings.batch_credit_percent // 100) if lane == "batch" else a
+                   for a, lane in zip(amounts, lanes, strict=True)]
     needed = sum(amounts)
     balance = await conn.fetchval(Q["credit_balance"], tenant_id)
     if needed > balance:

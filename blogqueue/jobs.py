@@ -24,7 +24,8 @@ from .sources import SourceInvalid
 if TYPE_CHECKING:
     from .app import App
 
-FIELDS = {"kind", "source", "model", "priority", "idempotency_key", "image", "publish", "run_at", "metadata"}
+FIELDS = {"kind", "source", "model", "priority", "idempotency_key", "image", "publish", "run_at", "metadata", "lane"}
+LANES = ("now", "batch")
 PUBLIC_STATUSES = ("queued", "running", "retrying", "done", "failed", "cancelled")
 MAX_METADATA_BYTES = 16_384
 MAX_KEY_LENGTH = 200
@@ -41,11 +42,15 @@ class JobSpec:
     publish: bool = True
     run_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    lane: str | None = None  # None: the deployment's DEFAULT_LANE, decided at enqueue
 
-    def stored(self) -> dict[str, Any]:
-        """What is kept in the job's `spec` column."""
-        return {"source": self.source, "image": self.image, "publish": self.publish,
-                "metadata": self.metadata}
+    def stored(self, default_lane: str = "now") -> dict[str, Any]:
+        """What is kept in the job's `spec` column (`lane` only for the batch lane: a spec without
+        it is a now-lane job, as every job stored before the lane existed)."""
+        out = {"source": self.source, "image": self.image, "publish": self.publish, "metadata": self.metadata}
+        if (self.lane or default_lane) == "batch":
+            out["lane"] = "batch"
+        return out
 
     def request_hash(self) -> str:
         """Identifies the request, to tell a replay from a conflicting reuse of a key."""
@@ -118,8 +123,12 @@ def parse_job(raw: Any, app: App, where: str = "job") -> JobSpec:
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise bad("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
 
+    lane = raw.get("lane")
+    if lane is not None and lane not in LANES:
+        raise bad("lane", "must be \"now\" or \"batch\"")
+
     return JobSpec(kind=kind, source=source, model=model, priority=priority, idempotency_key=key,
-                   image=flags["image"], publish=flags["publish"], run_at=run_at, metadata=metadata)
+                   image=flags["image"], publish=flags["publish"], run_at=run_at, metadata=metadata, lane=lane)
 
 
 def _unstorable(value: Any, where: str) -> str | None:
@@ -184,6 +193,7 @@ def public_job(row: dict[str, Any]) -> dict[str, Any]:
         "started_at": _iso(row["started_at"]),
         "finished_at": _iso(row["finished_at"]),
         "metadata": row["spec"].get("metadata", {}),
+        "lane": row["spec"].get("lane", "now"),
         "result": row["result"],
     }
 

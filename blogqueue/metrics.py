@@ -41,6 +41,7 @@ async def collect(pool: asyncpg.Pool, settings: Settings, *, top_n: int | None =
         lag = await conn.fetchrow(Q["metrics_dispatcher_lag"])
         workers = await conn.fetch(Q["metrics_workers"], settings.queue_name)
         operator = await console(conn, settings, top)
+        lane = await conn.fetchrow(Q["batch_lane_stats"])
     return {
         **operator,
         "counts": {s: counts.get(s, 0) for s in PUBLIC_STATUSES},
@@ -59,6 +60,14 @@ async def collect(pool: asyncpg.Pool, settings: Settings, *, top_n: int | None =
             "is_leader": w["is_leader"], "heartbeat_age_s": round(max(0.0, w["heartbeat_age_s"]), 3),
         } for w in workers],
         "database_pool": pool_stats(pool),
+        # The batch lane (docs/batch-lane.md). Now-lane calls are counted by the limiter's buckets.
+        "batch_lane": {
+            "parked_jobs": lane["parked_jobs"], "open_batches": lane["open_batches"],
+            "requests": lane["batch_requests_done"], "tokens": lane["batch_tokens"],
+            "fallbacks_to_now_lane": lane["batch_fallbacks"],
+            # Tokens that would have cost the synchronous price, times the discount: a token-equivalent.
+            "estimated_saving_tokens": round(lane["batch_tokens"] * (1 - settings.batch_price_ratio)),
+        },
         # The service fills this from Redis (ratelimit.bucket_stats); PostgreSQL has no bucket figures.
         "buckets": [],
     }

@@ -96,6 +96,8 @@ class Job(_Model):
     started_at: Time | None
     finished_at: Time | None
     metadata: dict[str, Any]
+    lane: Literal["now", "batch"] = Field(default="now", description="now: synchronous provider calls; batch: "
+                                          "the providers' Batch APIs (docs/batch-lane.md)")
     result: dict[str, Any] | None
 
 

@@ -11,12 +11,13 @@ result was saved is never made again. A stage raises
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import ratelimit
+from . import ratelimit, replay
 from .db import Q
 from .errors import FatalError
 from .prompts import Prompt
@@ -34,6 +35,12 @@ class StaleAttempt(Exception):
 
 class StopRequested(Exception):
     """A stop was asked for this job; raised at a stage boundary."""
+
+
+class Parked(StaleAttempt):
+    """A batch-lane call's request is recorded and the job parked (blogqueue/batchlane.py):
+    the attempt ends here, holding no worker slot and using up no attempt. The job is queued
+    again when the answer is stored, and its stage then replays it."""
 
 
 class Run:
@@ -76,6 +83,8 @@ class Run:
         self._settings = settings
         self._pool = pool
         self._resolved: Resolved | None = None
+        self.lane: str = str(self.spec.get("lane") or "now")
+        self._calls = replay.CallLedger(pool, job["id"], self.attempt)
 
     # -- provider calls ------------------------------------------------------------
 
@@ -102,24 +111,49 @@ class Run:
         r, provider, limited, dims = await self._provider()
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
+        # Per-call replay (blogqueue/replay.py): an answer this stage already paid for is not paid again.
+        self._calls.enter(self.stage)
+        n, digest = self._calls.next_call(), replay.text_request_hash(request)
+        kept = await self._calls.stored(n, digest)
+        if kept is not None:
+            return replay.text_from_json(kept)
+        if self.lane == "batch":
+            from .batchlane import text_call as batch_text_call  # the now-lane never imports it
+
+            sent = await batch_text_call(self, r, request, n, digest)
+            if sent is not None:  # its batch request came back: the answer, stored by the poller
+                return sent
+            # None: no batch adapter for this provider, or the batch fell back: the now-lane.
+        await self._calls.write_held()  # call n-1's answer is on disk before call n is sent
         ctx = self._ctx()
         if not limited:
-            return await provider.generate_text(request, r.api_key, ctx)  # unlimited: 429s go to the engine
-        cost = ratelimit.text_cost(dims, system, prompt, max_tokens=max_tokens)
-        result: TextResult = await self._limited(
-            r, provider, cost, lambda: provider.generate_text(request, r.api_key, ctx),
-            used=ratelimit.text_usage, info=lambda res: res.limits)
+            result = await provider.generate_text(request, r.api_key, ctx)  # unlimited: 429s go to the engine
+        else:
+            cost = ratelimit.text_cost(dims, system, prompt, max_tokens=max_tokens)
+            result = await self._limited(
+                r, provider, cost, lambda: provider.generate_text(request, r.api_key, ctx),
+                used=ratelimit.text_usage, info=lambda res: res.limits)
+        self._calls.hold(n, digest, replay.text_to_json(result))
         return result
 
     async def image(self, prompt: str) -> str:
         r, provider, limited, _ = await self._provider()
         request, ctx = ImageRequest(model=r.model, prompt=prompt), self._ctx()
+        self._calls.enter(self.stage)
+        n, digest = self._calls.next_call(), replay.image_request_hash(r.model, prompt)
+        kept = await self._calls.stored(n, digest)
+        if kept is not None:
+            return str(kept["url"])
+        await self._calls.write_held()
         if not limited:
-            return (await provider.generate_image(request, r.api_key, ctx)).url
-        result: ImageResult = await self._limited(
-            r, provider, {"rpm": 1}, lambda: provider.generate_image(request, r.api_key, ctx),
-            used=lambda res: None, info=lambda res: res.limits)
-        return result.url
+            url = (await provider.generate_image(request, r.api_key, ctx)).url
+        else:
+            result: ImageResult = await self._limited(
+                r, provider, {"rpm": 1}, lambda: provider.generate_image(request, r.api_key, ctx),
+                used=lambda res: None, info=lambda res: res.limits)
+            url = result.url
+        self._calls.hold(n, digest, {"url": url, "model": r.model})
+        return url
 
     async def _limited(self, r: Resolved, provider: Provider, cost: ratelimit.Cost, call: Callable[[], Any], *,
                        used: Callable[[Any], Any], info: Callable[[Any], Any]) -> Any:
@@ -135,6 +169,7 @@ class Run:
         owned = await self._pool.fetchval(Q["save_stage"], self.job["id"], self.attempt, name, output, following)
         if not owned:
             raise StaleAttempt(name)
+        self._calls.checkpointed()
         self.outputs[name] = output
 
     # -- the app's prompts, source and publisher -------------------------------------
@@ -179,7 +214,13 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
         if should_stop():
             raise StopRequested
         run.stage = name
-        output = await stage(run)
+        try:
+            output = await stage(run)
+        except Exception:
+            # A retry of this stage replays the calls it already paid for (blogqueue/replay.py).
+            with contextlib.suppress(Exception):
+                await run._calls.write_held()
+            raise
         if not isinstance(output, dict):
             raise FatalError(f"stage {name!r} of kind {kind.name!r} returned {type(output).__name__}, not a dict",
                              code="bad_stage_output")

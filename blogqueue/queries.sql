@@ -81,22 +81,23 @@ WHERE batch_id = $1 ORDER BY seq;
 -- name: stoppable_job
 SELECT id FROM bq_jobs
 WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)
-  AND status IN ('scheduled', 'queued', 'dispatched', 'running');
+  AND status IN ('scheduled', 'queued', 'dispatched', 'running', 'parked');
 
 -- name: stoppable_batch
 SELECT id FROM bq_jobs
 WHERE batch_id = $1 AND ($2::text IS NULL OR tenant_id = $2)
-  AND status IN ('scheduled', 'queued', 'dispatched', 'running');
+  AND status IN ('scheduled', 'queued', 'dispatched', 'running', 'parked');
 
 -- name: stoppable_tenant
 SELECT id FROM bq_jobs
-WHERE tenant_id = $1 AND status IN ('scheduled', 'queued', 'dispatched', 'running');
+WHERE tenant_id = $1 AND status IN ('scheduled', 'queued', 'dispatched', 'running', 'parked');
 
 -- name: stop_jobs
--- Waiting work is cancelled now; running work is flagged and its worker told.
+-- Waiting work (and parked work: no worker holds it) is cancelled now; running work is flagged
+-- and its worker told.
 WITH target AS (
     SELECT id, status FROM bq_jobs
-    WHERE id = ANY($1::uuid[]) AND status IN ('scheduled', 'queued', 'dispatched', 'running')
+    WHERE id = ANY($1::uuid[]) AND status IN ('scheduled', 'queued', 'dispatched', 'running', 'parked')
     ORDER BY id FOR UPDATE
 ), upd AS (
     UPDATE bq_jobs j SET
@@ -725,3 +726,210 @@ SELECT id FROM upd ORDER BY id;
 INSERT INTO bq_credit_ledger (tenant_id, job_id, movement, amount, retry_round)
 SELECT $1, r.job_id, 'reserve', r.amount, r.retry_round
 FROM unnest($2::uuid[], $3::bigint[], $4::int[]) AS r(job_id, amount, retry_round);
+-- Batch lane and per-call replay (sql/009_batch_lane.sql; blogqueue/replay.py, blogqueue/batchlane.py).
+
+-- name: call_responses
+SELECT call_no, request_hash, response FROM bq_call_responses WHERE job_id = $1 AND stage = $2;
+
+-- name: save_call_responses
+-- Answers are facts already paid for: kept whoever holds the attempt; a later write of the
+-- same call (a retry whose request changed) replaces the earlier one.
+INSERT INTO bq_call_responses (job_id, stage, call_no, request_hash, lane, response)
+SELECT $1, $2, c, h, l, r FROM unnest($3::int[], $4::text[], $5::text[], $6::jsonb[]) AS x(c, h, l, r)
+ON CONFLICT (job_id, stage, call_no) DO UPDATE SET
+    request_hash = EXCLUDED.request_hash, lane = EXCLUDED.lane, response = EXCLUDED.response,
+    created_at = now();
+
+-- name: batch_request_for_call
+SELECT id, state, request_hash, error FROM bq_batch_requests WHERE job_id = $1 AND stage = $2 AND call_no = $3;
+
+-- name: batch_request_consume
+-- A request whose outcome the stage has taken (an error raised, a fallback to the now-lane):
+-- gone, so a later attempt of the stage may send the call again.
+DELETE FROM bq_batch_requests WHERE id = $1 AND state IN ('error', 'fallback', 'cancelled', 'done');
+
+-- name: batch_park
+-- A batch-lane call: its request is recorded and the job parked, in one statement, while this
+-- attempt owns the job and no stop was asked ($11: the event's detail). Frees a dispatch slot.
+WITH owner AS (
+    SELECT id, cancel_requested FROM bq_jobs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+), req AS (
+    INSERT INTO bq_batch_requests (job_id, stage, call_no, provider, key_hash, model, request_hash, body,
+                                   est_tokens, state)
+    SELECT id, $3, $4, $5, $6, $7, $8, $9, $10, 'pending' FROM owner WHERE NOT cancel_requested
+    ON CONFLICT (job_id, stage, call_no) DO NOTHING
+), upd AS (
+    UPDATE bq_jobs j SET status = 'parked', lease_until = NULL, worker_id = NULL, updated_at = now()
+    FROM owner o WHERE j.id = o.id AND NOT o.cancel_requested
+    RETURNING j.id
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, $2, 'parked', $11::jsonb, 'running', $3 FROM upd
+), wake AS (
+    SELECT pg_notify('blogqueue_dispatch', 'slot') FROM upd
+)
+SELECT o.cancel_requested, (SELECT count(*) FROM wake) AS woke FROM owner o;
+
+-- name: batch_pending_groups
+-- The collectors: pending requests per (provider, key hash, model), how many, how old.
+SELECT provider, key_hash, model, count(*)::int AS n,
+       extract(epoch FROM now() - min(created_at))::float8 AS age_s
+FROM bq_batch_requests WHERE state = 'pending'
+GROUP BY provider, key_hash, model;
+
+-- name: batch_pending_take
+-- The oldest pending requests of one collector ($1 provider, $2 key hash, $3 model, $4 at most).
+SELECT r.id, r.custom_id, r.job_id, r.body, r.est_tokens, j.status AS job_status
+FROM bq_batch_requests r JOIN bq_jobs j ON j.id = r.job_id
+WHERE r.state = 'pending' AND r.provider = $1 AND r.key_hash = $2 AND r.model = $3
+ORDER BY r.id LIMIT $4;
+
+-- name: batch_drop_unwanted
+-- Pending requests whose job is no longer parked (stopped meanwhile) are never submitted.
+UPDATE bq_batch_requests r SET state = 'cancelled', finished_at = now()
+FROM bq_jobs j
+WHERE r.id = ANY($1::bigint[]) AND r.state = 'pending' AND j.id = r.job_id AND j.status <> 'parked';
+
+-- name: batch_open_tokens
+-- Enqueued tokens of a collector's open batches (OpenAI's batch queue limit counts these).
+SELECT coalesce(sum(est_tokens), 0)::bigint FROM bq_provider_batches
+WHERE provider = $1 AND key_hash = $2 AND model = $3 AND state IN ('intent', 'submitted');
+
+-- name: batch_intent
+-- The intent, recorded before anything is uploaded, with its requests, fenced by the
+-- leadership epoch ($8 queue, $9 epoch) like every dispatch statement.
+WITH lead AS (
+    SELECT 1 FROM bq_leader WHERE queue_name = $8 AND epoch = $9 AND lease_until > now() FOR SHARE
+), intent AS (
+    INSERT INTO bq_provider_batches (id, provider, key_hash, model, state, request_count, est_tokens)
+    SELECT $1, $2, $3, $4, 'intent', $5, $6 FROM lead
+    RETURNING id
+)
+UPDATE bq_batch_requests r SET state = 'submitted', batch_id = i.id
+FROM intent i
+WHERE r.id = ANY($7::bigint[]) AND r.state = 'pending'
+RETURNING r.id, r.custom_id;
+
+-- name: batch_submitted
+-- The provider's id, recorded after the upload ($3: when to poll first).
+UPDATE bq_provider_batches SET state = 'submitted', provider_batch_id = $2, submitted_at = now(),
+    next_poll_at = now() + make_interval(secs => $3)
+WHERE id = $1 AND state = 'intent'
+RETURNING id;
+
+-- name: batch_orphan_intents
+-- Intents a leader recorded and did not finish (it died between recording and uploading, or
+-- between uploading and recording the provider's id): reconciled with the provider's list.
+SELECT b.id, b.provider, b.key_hash, b.model, b.created_at,
+       (SELECT r.job_id FROM bq_batch_requests r WHERE r.batch_id = b.id LIMIT 1) AS any_job
+FROM bq_provider_batches b
+WHERE b.state = 'intent' AND b.created_at < now() - make_interval(secs => $1) AND NOT (b.id = ANY($2::uuid[]))
+ORDER BY b.created_at;
+
+-- name: batch_known_ids
+-- Provider batch ids already recorded for a (provider, key): a recovered intent is none of them.
+SELECT provider_batch_id FROM bq_provider_batches
+WHERE provider = $1 AND key_hash = $2 AND provider_batch_id IS NOT NULL
+  AND created_at > now() - interval '2 days';
+
+-- name: batch_job_for_key
+-- What resolving a collector's API key needs of one of its jobs (blogqueue/resolve.py).
+SELECT id, tenant_id, user_id, model FROM bq_jobs WHERE id = $1;
+
+-- name: batch_requests_of
+SELECT id, custom_id, job_id, body FROM bq_batch_requests WHERE batch_id = $1 ORDER BY id;
+
+-- name: batch_due_polls
+SELECT b.id, b.provider, b.key_hash, b.model, b.provider_batch_id, b.polls, b.cancel_sent,
+       (SELECT r.job_id FROM bq_batch_requests r WHERE r.batch_id = b.id LIMIT 1) AS any_job,
+       EXISTS (SELECT 1 FROM bq_batch_requests r JOIN bq_jobs j ON j.id = r.job_id
+               WHERE r.batch_id = b.id AND r.state = 'submitted' AND j.status = 'parked') AS wanted
+FROM bq_provider_batches b
+WHERE b.state = 'submitted' AND b.next_poll_at <= now()
+ORDER BY b.next_poll_at LIMIT $1;
+
+-- name: batch_poll_later
+UPDATE bq_provider_batches SET polls = polls + 1, next_poll_at = now() + make_interval(secs => $2),
+    cancel_sent = cancel_sent OR $3
+WHERE id = $1 AND state = 'submitted';
+
+-- name: batch_store_answers
+-- Answers of one provider batch ($5): each request done, its answer kept for the stage's
+-- replay, its job queued again (when still parked).
+WITH ans AS (
+    SELECT * FROM unnest($1::text[], $2::jsonb[], $3::int[], $4::int[]) AS a(custom_id, response, pt, ct)
+), req AS (
+    UPDATE bq_batch_requests r SET state = 'done', prompt_tokens = a.pt, completion_tokens = a.ct,
+        finished_at = now()
+    FROM ans a WHERE r.custom_id = a.custom_id AND r.batch_id = $5 AND r.state = 'submitted'
+    RETURNING r.job_id, r.stage, r.call_no, r.request_hash, a.response
+), saved AS (
+    INSERT INTO bq_call_responses (job_id, stage, call_no, request_hash, lane, response)
+    SELECT job_id, stage, call_no, request_hash, 'batch', response FROM req
+    ON CONFLICT (job_id, stage, call_no) DO UPDATE SET
+        request_hash = EXCLUDED.request_hash, lane = 'batch', response = EXCLUDED.response, created_at = now()
+), unpark AS (
+    UPDATE bq_jobs j SET status = 'queued', updated_at = now()
+    FROM req WHERE j.id = req.job_id AND j.status = 'parked'
+    RETURNING j.id, j.attempt, req.stage
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, attempt, 'batch_answered', jsonb_build_object('stage', stage), 'running', stage FROM unpark
+)
+SELECT count(*)::int AS n FROM req;
+
+-- name: batch_store_errors
+-- Requests the provider refused ($2: the §4 class and message each); their jobs run again and
+-- the stage raises the error once.
+WITH ans AS (
+    SELECT * FROM unnest($1::text[], $2::jsonb[]) AS a(custom_id, error)
+), req AS (
+    UPDATE bq_batch_requests r SET state = 'error', error = a.error, finished_at = now()
+    FROM ans a WHERE r.custom_id = a.custom_id AND r.batch_id = $3 AND r.state = 'submitted'
+    RETURNING r.job_id, r.stage, a.error
+), unpark AS (
+    UPDATE bq_jobs j SET status = 'queued', updated_at = now()
+    FROM req WHERE j.id = req.job_id AND j.status = 'parked'
+    RETURNING j.id, j.attempt, req.stage, req.error
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, attempt, 'batch_request_failed', jsonb_build_object('stage', stage, 'error', error), 'running', stage
+    FROM unpark
+)
+SELECT count(*)::int AS n FROM req;
+
+-- name: batch_end
+-- The batch ended ($2 ended | expired | failed | cancelled; an intent the provider refused
+-- to take ends failed too): whatever it did not answer goes back to the now-lane (state
+-- fallback, counted), its jobs queued again.
+WITH b AS (
+    UPDATE bq_provider_batches SET state = $2, ended_at = now(), succeeded = $3, errored = $4,
+        fell_back = (SELECT count(*) FROM bq_batch_requests WHERE batch_id = $1 AND state = 'submitted')
+    WHERE id = $1 AND state IN ('intent', 'submitted')
+    RETURNING id
+), req AS (
+    UPDATE bq_batch_requests r SET state = 'fallback', finished_at = now()
+    FROM b WHERE r.batch_id = b.id AND r.state = 'submitted'
+    RETURNING r.job_id, r.stage
+), unpark AS (
+    UPDATE bq_jobs j SET status = 'queued', updated_at = now()
+    FROM req WHERE j.id = req.job_id AND j.status = 'parked'
+    RETURNING j.id, j.attempt, req.stage
+), ev AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
+    SELECT id, attempt, 'batch_fallback', jsonb_build_object('stage', stage, 'batch', $2::text), 'running', stage
+    FROM unpark
+), wake AS (
+    SELECT pg_notify('blogqueue_dispatch', 'batch') FROM (SELECT 1 FROM unpark LIMIT 1) x
+)
+SELECT (SELECT count(*) FROM req)::int AS fell_back, (SELECT count(*) FROM wake) AS woke;
+
+-- name: batch_lane_stats
+-- For /v1/metrics and /metrics.
+SELECT
+    (SELECT count(*) FROM bq_jobs WHERE status = 'parked')::int AS parked_jobs,
+    (SELECT count(*) FROM bq_provider_batches WHERE state IN ('intent', 'submitted'))::int AS open_batches,
+    (SELECT count(*) FROM bq_batch_requests WHERE state = 'done')::bigint AS batch_requests_done,
+    (SELECT coalesce(sum(fell_back), 0) FROM bq_provider_batches)::bigint AS batch_fallbacks,
+    (SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM bq_batch_requests
+     WHERE state = 'done')::bigint AS batch_tokens;

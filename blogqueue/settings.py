@@ -125,6 +125,19 @@ class Settings:
     rate_limit_burst_seconds: float = 0.25
     secret_key_previous: str | None = field(default=None, repr=False)
 
+    # The batch lane (DESIGN §11, docs/batch-lane.md).
+    default_lane: str = "now"
+    batch_window_seconds: float = 60.0      # a collector flushes this long after its oldest request...
+    batch_max_requests: int = 1000          # ...or at this many requests, whichever first
+    batch_poll_seconds: float = 30.0        # first poll of a submitted batch; later ones back off x1.5
+    batch_poll_max_seconds: float = 600.0
+    batch_credit_percent: int = 50          # a batch-lane job's credit cost, in % of the kind's cost
+    batch_price_ratio: float = 0.5          # provider price of a batch call vs a synchronous one (metrics)
+    # Enqueued tokens one (provider, key, model) may have in open batches (OpenAI's batch queue
+    # limit); 0: unlimited. Batches are cut to fit.
+    batch_queue_tokens: int = 0
+    offline_batch_seconds: float = 2.0      # how long the offline provider's simulated batches take
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
@@ -172,6 +185,15 @@ class Settings:
         ]
         checks += [
             ("HTTP_TIMEOUT_SECONDS", self.http_timeout_seconds > 0, "must be positive"),
+            ("DEFAULT_LANE", self.default_lane in ("now", "batch"), "must be now or batch"),
+            ("BATCH_WINDOW_SECONDS", self.batch_window_seconds >= 0, "must not be negative"),
+            ("BATCH_MAX_REQUESTS", 1 <= self.batch_max_requests <= 50_000, "must be from 1 to 50000"),
+            ("BATCH_POLL_SECONDS", 0 < self.batch_poll_seconds <= self.batch_poll_max_seconds,
+             "must be positive and at most BLOGQUEUE_BATCH_POLL_MAX_SECONDS"),
+            ("BATCH_CREDIT_PERCENT", 0 <= self.batch_credit_percent <= 100, "must be from 0 to 100"),
+            ("BATCH_PRICE_RATIO", 0 <= self.batch_price_ratio <= 1, "must be from 0 to 1"),
+            ("BATCH_QUEUE_TOKENS", self.batch_queue_tokens >= 0, "must not be negative"),
+            ("OFFLINE_BATCH_SECONDS", self.offline_batch_seconds >= 0, "must not be negative"),
             ("CREDIT_COSTS", all(isinstance(v, int) and v >= 0 for v in self.credit_costs.values()),
              "costs must be integers of at least 0"),
         ]
@@ -231,12 +253,15 @@ _INT_FIELDS = {
     "worker_concurrency", "max_inflight_per_tenant", "max_backlog", "max_tenant_backlog",
     "dispatch_prefetch", "shutdown_grace_seconds", "db_pool_size", "max_batch_size",
     "max_body_bytes", "max_json_depth", "metrics_top_tenants", "events_buffer",
+    "batch_max_requests", "batch_credit_percent", "batch_queue_tokens",
 }
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
     "ready_timeout_seconds", "provider_timeout_seconds", "rate_limit_max_wait_seconds",
     "rate_limit_burst_seconds", "events_heartbeat_seconds", "events_poll_seconds",
+    "batch_window_seconds", "batch_poll_seconds", "batch_poll_max_seconds",
+    "batch_price_ratio", "offline_batch_seconds",
 }
 
 

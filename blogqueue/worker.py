@@ -40,7 +40,7 @@ from .app import App, load
 from .db import Q
 from .dispatcher import TASK_NAME, Dispatcher
 from .errors import FatalError, JobError, RateLimited
-from .pipeline import Run, StaleAttempt, StopRequested, run_pipeline
+from .pipeline import Parked, Run, StaleAttempt, StopRequested, run_pipeline
 from .settings import Settings, SettingsError
 
 log = structlog.get_logger("blogqueue.worker")
@@ -80,6 +80,11 @@ class WorkerRuntime:
         await self._listen()
         self._tasks = [asyncio.create_task(self._heartbeats(), name="blogqueue-heartbeat"),
                        asyncio.create_task(self.dispatcher.run(), name="blogqueue-dispatcher")]
+        # Batch lane (blogqueue/batchlane.py): collectors and poller, acting while this worker leads.
+        from .batchlane import BatchLane
+
+        self._tasks.append(asyncio.create_task(BatchLane(s, self.pool, self.app, self.dispatcher).run(),
+                                               name="blogqueue-batch-lane"))
         log.info("worker started", worker=self.worker_id, concurrency=s.worker_concurrency, queue=s.queue_name)
 
     async def stop(self) -> None:
@@ -226,6 +231,8 @@ class WorkerRuntime:
                 return "stale"
             return await self._finish(job, "cancelled", error="stopped by request", code="cancelled",
                                       event="cancelled", detail={"stage": run.stage})
+        except Parked:
+            return "parked"  # batch lane: the job waits for a provider batch, holding no slot
         except StaleAttempt:
             log.info("attempt no longer owns the job; its checkpoint was refused", stage=run.stage)
             return "stale"

@@ -146,6 +146,10 @@ def progress_view(progress: Progress, tenants: list[Tenant], metrics: dict[str, 
     running = metrics.get("counts", {}).get("running", "?")
     grid.add_row(f"[bold]{rate:7.1f} jobs/s[/]   running {running}   small stores finished "
                  f"{finished}/{len(small)}   rate-limit utilisation: {util}")
+    lane = metrics.get("batch_lane") or {}
+    if lane:
+        grid.add_row(f"batch lane: {lane.get('parked_jobs', 0)} jobs parked (no worker slot held), "
+                     f"{lane.get('open_batches', 0)} provider batches open, {lane.get('requests', 0)} answered")
     return grid
 
 
@@ -226,15 +230,24 @@ async def main(workdir: Path) -> None:
         lim = limits["offline"]
         console.print(f"offline provider limited to {lim.rpm or '-'} RPM / {lim.tpm or '-'} TPM "
                       f"(the seeds' 450 RPM / 450,000 TPM x {scale:g}, time compressed to keep the demo short)")
+    # The batch lane (docs/batch-lane.md): a store whose posts may wait, sent through the offline
+    # provider's simulated Batch API (each batch takes DEMO_BATCH_SECONDS).
+    n_batch = int(os.environ.get("DEMO_BATCH_JOBS", "200"))
+    batch_s = float(os.environ.get("DEMO_BATCH_SECONDS", "5"))
     settings = (await reset_database(base)).replace(offline_latency_ms=latency, worker_concurrency=25,
                                                     max_tenant_backlog=max(base.max_tenant_backlog, n_big + 100),
-                                                    rate_limits=limits)
+                                                    rate_limits=limits, offline_batch_seconds=batch_s,
+                                                    batch_window_seconds=2.0, batch_poll_seconds=1.0,
+                                                    batch_poll_max_seconds=2.0)
     pool = await db.create_pool(settings, max_size=2)
     names = ["big-store", *(f"store-{i:02d}" for i in range(1, SMALL_STORES + 1))]
     tenants = [Tenant(n, (await tokens.create(pool, n))[0], n_big + URGENT_JOBS if n == "big-store" else SMALL_JOBS)
                for n in names]
+    batch = Tenant("batch-store", (await tokens.create(pool, "batch-store"))[0], n_batch)
     admin = (await tokens.create(pool, "operator", is_admin=True))[0]
     await pool.close()
+    if n_batch:
+        console.print(f"batch-store: {n_batch} posts in the batch lane (offline batches take {batch_s:g} s)")
 
     port = free_port()
     procs = [start(settings, "serve", "--port", str(port), log=workdir / "service.log")]
@@ -244,13 +257,18 @@ async def main(workdir: Path) -> None:
             await wait_ready(http)
             t0 = time.time()
             await enqueue(http, tenants[0], posts("big-store", n_big))
+            if n_batch:
+                await enqueue(http, batch, posts("batch-store", n_batch, lane="batch"))
             await asyncio.gather(*(enqueue(http, t, posts(t.name, SMALL_JOBS)) for t in tenants[1:]))
             await enqueue(http, tenants[0], posts("big-store-urgent", URGENT_JOBS, priority=10))
-            total = sum(t.jobs for t in tenants)
+            extra = [batch] if n_batch else []
+            total = sum(t.jobs for t in tenants + extra)
             trace = LimiterTrace()
-            await live(http, admin, tenants, total, t0, trace)
+            await live(http, admin, tenants, total, t0, trace, extra)
             wall = time.time() - t0
             await summary(http, admin, tenants, wall)
+            if n_batch:
+                await batch_summary(http, admin, batch)
             await limiter_summary(http, admin, trace, settings)
     finally:
         for p in procs:
@@ -269,18 +287,21 @@ def with_signal(p: subprocess.Popen[bytes], sig: int) -> None:
 
 
 async def live(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], total: int, t0: float,
-               trace: LimiterTrace) -> None:
+               trace: LimiterTrace, extra: list[Tenant]) -> None:
     progress = Progress(TextColumn("{task.description:>22}"), BarColumn(bar_width=50), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
     overall = progress.add_task("all stores", total=total)
     big = progress.add_task(tenants[0].name, total=tenants[0].jobs)
     small = progress.add_task(f"{len(tenants) - 1} small stores", total=sum(t.jobs for t in tenants[1:]))
+    lanes = [(t, progress.add_task(f"{t.name} (batch lane)", total=t.jobs)) for t in extra]
     history: list[tuple[float, int]] = []
     with Live(console=console, refresh_per_second=4) as view:
         while True:
-            metrics = await poll(http, admin, tenants)
+            metrics = await poll(http, admin, tenants + extra)
             trace.add(metrics)
-            finished = sum(t.done + t.failed for t in tenants)
+            finished = sum(t.done + t.failed for t in tenants + extra)
+            for t, task in lanes:
+                progress.update(task, completed=t.done + t.failed)
             now = time.time()
             history = [(t, n) for t, n in history if now - t <= 5] + [(now, finished)]
             rate = (history[-1][1] - history[0][1]) / max(1e-6, history[-1][0] - history[0][0])
@@ -291,6 +312,16 @@ async def live(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], total
             if finished >= total or now - t0 > 600:
                 return
             await asyncio.sleep(0.5)
+
+
+async def batch_summary(http: httpx.AsyncClient, admin: str, batch: Tenant) -> None:
+    jobs = await timings(http, admin, batch)
+    last = max(ts(j["finished_at"]) or 0 for j in jobs) - batch.enqueued_at if jobs else 0.0
+    lane = (await http.get("/v1/metrics", headers={"Authorization": f"Bearer {admin}"})).json().get("batch_lane", {})
+    console.print(f"[bold]batch lane: {batch.done} of {batch.jobs} posts done {last:.1f} s after their enqueue, "
+                  f"{lane.get('requests', 0)} requests in provider batches ({lane.get('tokens', 0):,} tokens, "
+                  f"about {lane.get('estimated_saving_tokens', 0):,} token-equivalents saved), "
+                  f"{lane.get('fallbacks_to_now_lane', 0)} sent back to the now-lane[/]")
 
 
 async def summary(http: httpx.AsyncClient, admin: str, tenants: list[Tenant], wall: float) -> None:

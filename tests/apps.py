@@ -34,3 +34,15 @@ provider_app.provider("acme", AcmeProvider, models=_acme_models,
                       config=lambda s: ProviderConfig(os.environ.get("ACME_BASE_URL"), s.provider_timeout_seconds))
 
 not_an_app = object()
+
+
+# A kind whose one stage makes two paid calls (per-call replay, the batch lane).
+async def _two_calls(run: blogqueue.Run) -> dict[str, str]:
+    kw = run.spec["source"]["keyword"]
+    first = await run.text(system="You answer briefly.", prompt=f"Topic: first {kw}", max_tokens=40)
+    second = await run.text(system="You answer briefly.", prompt=f"Topic: second {kw}", max_tokens=40)
+    return {"first": first.text, "second": second.text}
+
+
+two_call_app = blogqueue.App()
+two_call_app.kind("two_calls", [("both", _two_calls)], sources=["keyword"])

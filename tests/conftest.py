@@ -29,7 +29,7 @@ pytest_plugins = ["tests.http_fixtures"]
 
 BASE = Settings.from_env()
 TABLES = ("bq_job_events, bq_job_stages, bq_jobs, bq_batches, bq_workers, bq_tenants, bq_credit_ledger, "
-          "bq_tokens, bq_ai_settings, bq_provider_keys, bq_wix_installations")
+          "bq_tokens, bq_ai_settings, bq_provider_keys, bq_wix_installations, bq_provider_batches")
 
 
 def _free_port() -> int:

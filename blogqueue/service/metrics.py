@@ -143,6 +143,17 @@ class SnapshotCollector(Collector):
         if db["waiting"] is not None:
             yield GaugeMetricFamily("blogqueue_db_pool_waiting", "Requests waiting for a pool connection",
                                     value=db["waiting"])
+        lane = d["batch_lane"]
+        yield GaugeMetricFamily("blogqueue_batch_parked_jobs", "Batch-lane jobs waiting for a provider batch",
+                                value=lane["parked_jobs"])
+        yield GaugeMetricFamily("blogqueue_batch_open_batches", "Provider batches not yet ended",
+                                value=lane["open_batches"])
+        yield CounterMetricFamily("blogqueue_batch_requests", "Batch-lane requests answered", value=lane["requests"])
+        yield CounterMetricFamily("blogqueue_batch_tokens", "Tokens of batch-lane answers", value=lane["tokens"])
+        yield CounterMetricFamily("blogqueue_batch_fallbacks", "Batch requests sent back to the now-lane",
+                                  value=lane["fallbacks_to_now_lane"])
+        yield CounterMetricFamily("blogqueue_batch_estimated_saving_tokens",
+                                  "Batch-lane tokens x (1 - BATCH_PRICE_RATIO)", value=lane["estimated_saving_tokens"])
         yield from bucket_families(d["buckets"], d["redis_reachable"])
 
 

@@ -59,6 +59,9 @@ class JobInput(_Body):
     publish: bool = True
     run_at: datetime | None = Field(default=None, description="not dispatched before this time (ISO 8601)")
     metadata: dict[str, Any] = Field(default_factory=dict, description="echoed back with the job")
+    lane: Literal["now", "batch"] | None = Field(
+        default=None, description="now: synchronous provider calls; batch: the providers' Batch APIs, about half "
+        "the price, results within hours (docs/batch-lane.md). Default: the deployment's BLOGQUEUE_DEFAULT_LANE")
 
 
 class JobBatchInput(_Body):
@@ -215,6 +218,15 @@ class FinishedByOutcome(_Body):
     kind: str
     outcome: Literal["done", "failed", "cancelled"]
     n: int = Field(ge=0)
+class BatchLaneState(_Body):
+    parked_jobs: int = Field(ge=0, description="batch-lane jobs waiting for a provider batch")
+    open_batches: int = Field(ge=0, description="provider batches recorded or submitted, not yet ended")
+    requests: int = Field(ge=0, description="batch-lane requests answered")
+    tokens: int = Field(ge=0, description="prompt + completion tokens of those answers")
+    fallbacks_to_now_lane: int = Field(ge=0, description="requests an expired, failed or cancelled batch "
+                                       "sent back to the now-lane")
+    estimated_saving_tokens: int = Field(ge=0, description="tokens x (1 - BATCH_PRICE_RATIO): what the batch "
+                                         "lane saved, in tokens at the synchronous price")
 
 
 class Metrics(_Body):
@@ -230,6 +242,7 @@ class Metrics(_Body):
     dispatcher: DispatcherState
     workers: list[WorkerState]
     database_pool: PoolState
+    batch_lane: BatchLaneState
     buckets: list[Bucket] = Field(description="rate-limit buckets of this queue; empty while Redis is unreachable")
     redis_reachable: bool = Field(description="false: Redis did not answer, so buckets could not be read")
 
