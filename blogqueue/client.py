@@ -32,7 +32,7 @@ from . import aisettings, credits, db, metrics, tokens, wixinstall
 from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
-from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, wait_reason
+from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, waiting_reason
 from .models import Batch, Enqueued, EnqueuedJob, Job, JobDetail, JobEvent, JobPage, PublicStatus, StageRecord, Stopped
 from .settings import Settings
 from .tokens import Principal
@@ -57,6 +57,7 @@ class Client:
         # waiting on the tenant's advisory lock with a pooled connection in hand would
         # let one busy tenant hold the whole pool while other tenants' reads queue.
         self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._tokens = tokens.TokenCache(settings.token_cache_seconds, settings.token_cache_size)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -192,19 +193,19 @@ class Client:
     async def get_job(self, job_id: str, tenant_id: str | None = None) -> JobDetail:
         """One job with its stage outputs and progress events; NotFound if not the tenant's."""
         jid = _uuid(job_id, "job")
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(Q["get_job"], jid, tenant_id)
-            if row is None:
-                raise NotFound("no such job", details={"id": job_id})
-            events = await conn.fetch(Q["job_events"], jid, MAX_EVENTS)
-            stages = await conn.fetch(Q["job_stages"], jid)
-            waiting = await wait_reason(conn, dict(row), self.settings.heartbeat_seconds * 3)
+        # One statement (events, stages and the wait reason's worker check as subqueries):
+        # a job view is the service's most frequent read.
+        row = await self.pool.fetchrow(Q["get_job_detail"], jid, tenant_id, MAX_EVENTS,
+                                       self.settings.heartbeat_seconds * 3)
+        if row is None:
+            raise NotFound("no such job", details={"id": job_id})
+        job = dict(row)
         return JobDetail.model_validate({
-            **public_job(dict(row)),
-            "wait_reason": waiting,
+            **public_job(job),
+            "wait_reason": waiting_reason(job, job["kind_served"]),
             "events": [JobEvent(at=e["at"], attempt=e["attempt"], event=e["event"], detail=e["detail"] or None)
-                       for e in events],
-            "stages": {s["stage"]: StageRecord(attempt=s["attempt"], at=s["created_at"]) for s in stages},
+                       for e in job["events"]],
+            "stages": {s["stage"]: StageRecord(attempt=s["attempt"], at=s["at"]) for s in job["stages"]},
         })
 
     async def list_jobs(self, tenant_id: str | None, *, status: str | None = None,
@@ -317,8 +318,12 @@ class Client:
     # -- for the service: tokens, readiness, metrics --------------------------
 
     async def verify_token(self, token: str) -> Principal | None:
-        """The principal of a valid, unrevoked API token; None otherwise."""
-        return await tokens.verify(self.pool, token)
+        """The principal of a valid, unrevoked API token; None otherwise.
+
+        Verified tokens are cached for BLOGQUEUE_TOKEN_CACHE_SECONDS (blogqueue.tokens.TokenCache):
+        a revoked token is refused at most that long after the revocation commits.
+        """
+        return await self._tokens.verify(self.pool, token)
 
     async def ping(self) -> None:
         """One round trip to PostgreSQL; raises what the driver raises when it cannot."""

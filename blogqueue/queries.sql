@@ -45,15 +45,23 @@ SELECT id, 0, 'enqueued' FROM ins;
 -- name: notify_dispatcher
 SELECT pg_notify('blogqueue_dispatch', $1);
 
--- name: get_job
-SELECT j.*, bq_public_status(j.status, j.failures) AS public_status
+-- name: get_job_detail
+-- One round trip for a job view: the job, its first $3 events and its saved stages as JSON
+-- arrays, and for a queued job whether a live worker ($4: heartbeat window) knows its kind.
+SELECT j.*, bq_public_status(j.status, j.failures) AS public_status,
+       (SELECT coalesce(json_agg(json_build_object('attempt', e.attempt, 'at', e.at, 'event', e.event,
+                                                   'detail', e.detail) ORDER BY e.id), '[]')
+        FROM (SELECT id, attempt, at, event, detail FROM bq_job_events
+              WHERE job_id = j.id ORDER BY id LIMIT $3) e) AS events,
+       (SELECT coalesce(json_agg(json_build_object('stage', s.stage, 'attempt', s.attempt,
+                                                   'at', s.created_at) ORDER BY s.created_at), '[]')
+        FROM bq_job_stages s WHERE s.job_id = j.id) AS stages,
+       CASE WHEN j.status = 'queued' THEN EXISTS (
+           SELECT 1 FROM bq_workers
+           WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $4)
+             AND j.kind = ANY(coalesce(kinds, ARRAY['blog_post', 'product_optimization'])))
+       END AS kind_served
 FROM bq_jobs j WHERE j.id = $1 AND ($2::text IS NULL OR j.tenant_id = $2);
-
--- name: job_events
-SELECT attempt, at, event, detail FROM bq_job_events WHERE job_id = $1 ORDER BY id LIMIT $2;
-
--- name: job_stages
-SELECT stage, attempt, output, created_at FROM bq_job_stages WHERE job_id = $1 ORDER BY created_at;
 
 -- name: list_jobs
 -- $1 NULL lists every tenant (admin).
@@ -310,14 +318,6 @@ SELECT u.id, u.status, u.run_at, (SELECT count(*) FROM wake) AS woke FROM upd u;
 -- $7: the kinds this worker's app registers (it runs only those).
 INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch, kinds)
 VALUES ($1, $2, $3, $4, $5, $6, $7);
-
--- name: kind_served
--- Does some live worker know this kind? (NULL kinds: a pre-007 worker, built-in kinds only.)
-SELECT EXISTS (
-    SELECT 1 FROM bq_workers
-    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $2)
-      AND $1 = ANY(coalesce(kinds, ARRAY['blog_post', 'product_optimization']))
-) AS served;
 
 -- name: heartbeat
 UPDATE bq_workers SET heartbeat_at = now(), in_flight = $2, jobs_done = $3, jobs_failed = $4,

@@ -94,6 +94,10 @@ class Settings:
     max_json_depth: int = 32
     metrics_top_tenants: int = 10
     ready_timeout_seconds: float = 1.0
+    # Verified API tokens are cached per process this long: the bound on how long a revoked
+    # token still works (blogqueue.tokens.TokenCache); 0 looks every request up.
+    token_cache_seconds: float = 5.0
+    token_cache_size: int = 10_000
 
     # Sources, publishers and credits (docs/sources-publishers-credits.md).
     wix_base_url: str = "https://www.wixapis.com"
@@ -158,6 +162,8 @@ class Settings:
             ("MAX_JSON_DEPTH", 4 <= self.max_json_depth <= 500, "must be from 4 to 500"),
             ("METRICS_TOP_TENANTS", self.metrics_top_tenants >= 1, "must be at least 1"),
             ("READY_TIMEOUT_SECONDS", self.ready_timeout_seconds > 0, "must be positive"),
+            ("TOKEN_CACHE_SECONDS", 0 <= self.token_cache_seconds <= 300, "must be from 0 to 300"),
+            ("TOKEN_CACHE_SIZE", self.token_cache_size >= 1, "must be at least 1"),
             ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "must be DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -221,13 +227,13 @@ class Settings:
 _INT_FIELDS = {
     "worker_concurrency", "max_inflight_per_tenant", "max_backlog", "max_tenant_backlog",
     "dispatch_prefetch", "shutdown_grace_seconds", "db_pool_size", "max_batch_size",
-    "max_body_bytes", "max_json_depth", "metrics_top_tenants",
+    "max_body_bytes", "max_json_depth", "metrics_top_tenants", "token_cache_size",
 }
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
     "ready_timeout_seconds", "provider_timeout_seconds", "rate_limit_max_wait_seconds",
-    "rate_limit_burst_seconds",
+    "rate_limit_burst_seconds", "token_cache_seconds",
 }
 
 
