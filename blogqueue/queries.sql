@@ -3,32 +3,37 @@
 -- WHERE clause: the database, not Python, decides who wins a race.
 
 -- name: lock_tenant_enqueue
--- Serialises enqueues of one tenant so its backlog limit and idempotency keys are exact.
+-- Serialises one tenant's enqueues that carry idempotency keys or reserve credits, so a key
+-- is resolved, and a balance read, only once (the backlog limits are bq_backlog_admit's).
 SELECT pg_advisory_xact_lock(hashtext('blogqueue.enqueue'), hashtext($1));
 
--- name: backlog_counts
-SELECT count(*) FILTER (WHERE tenant_id = $1) AS tenant,
-       count(*) AS total,
-       count(DISTINCT tenant_id) AS tenants
-FROM bq_jobs
-WHERE status IN ('scheduled', 'queued', 'dispatched', 'running');
+-- name: backlog_tenants
+-- Tenants with a backlog, for the estimated wait only (folded counts: may lag by the deltas).
+SELECT count(*) FROM bq_backlog WHERE live > 0 AND tenant_id <> '';
 
 -- name: finished_since
 SELECT count(*) AS n FROM bq_jobs WHERE finished_at > now() - make_interval(secs => $1);
 
 -- name: find_by_idempotency_keys
-SELECT id, idempotency_key, request_hash, batch_id
+SELECT id, idempotency_key, request_hash, batch_id, bq_public_status(status, failures) AS status
 FROM bq_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
 
--- name: insert_batch
-INSERT INTO bq_batches (id, tenant_id, job_count) VALUES ($1, $2, $3);
-
--- name: insert_jobs
--- Bulk insert, one array per column; run_at NULL means now.
-WITH rows AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
-                         $6::text[], $7::text[], $8::timestamptz[], $9::text[])
+-- name: enqueue_jobs
+-- The whole enqueue of new jobs in one statement: admission against both backlog limits
+-- (bq_backlog_admit, migration 013: $13 tenant limit, $14 global), then, only if admitted,
+-- the batch, the jobs (one array per column; run_at NULL means now), their 'enqueued'
+-- events and the dispatcher's wake-up. One statement means the admission lock is held for
+-- this statement and its commit, never across a round trip to the client.
+WITH admit AS MATERIALIZED (
+    SELECT * FROM bq_backlog_admit($10, cardinality($1::uuid[]), $13, $14)
+), rows AS (
+    SELECT r.* FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
+                           $6::text[], $7::text[], $8::timestamptz[], $9::text[])
         AS r(id, kind, spec, model, priority, idempotency_key, request_hash, run_at, stage)
+    WHERE (SELECT admitted FROM admit)
+), batch AS (
+    INSERT INTO bq_batches (id, tenant_id, job_count)
+    SELECT $12, $10, cardinality($1::uuid[]) FROM admit WHERE admitted
 ), ins AS (
     INSERT INTO bq_jobs (id, tenant_id, user_id, batch_id, kind, spec, model, priority,
                          idempotency_key, request_hash, status, run_at, stage)
@@ -37,10 +42,16 @@ WITH rows AS (
            CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'queued' END,
            coalesce(r.run_at, now()), r.stage
     FROM rows r
-    RETURNING id, status, run_at
+    RETURNING id, status, failures
+), events AS (
+    INSERT INTO bq_job_events (job_id, attempt, event)
+    SELECT id, 0, 'enqueued' FROM ins
+), wake AS (
+    SELECT pg_notify('blogqueue_dispatch', 'enqueue') FROM admit WHERE admitted
 )
-INSERT INTO bq_job_events (job_id, attempt, event)
-SELECT id, 0, 'enqueued' FROM ins;
+SELECT a.tenant_live, a.total_live, a.admitted, (SELECT count(*) FROM wake) AS woken,
+       (SELECT json_object_agg(id, bq_public_status(status, failures)) FROM ins) AS statuses
+FROM admit a;
 
 -- name: notify_dispatcher
 SELECT pg_notify('blogqueue_dispatch', $1);
