@@ -49,7 +49,7 @@ async def test_the_cache_is_bounded_and_keeps_no_token(settings: Settings, pool:
     for token, _ in made:
         assert (await cache.verify(pool, token)) is not None
     assert len(cache) == 3
-    kept = repr(cache._entries)  # noqa: SLF001 (the point is what is kept)
+    kept = repr(cache._entries)  # what the cache keeps, looked at directly
     assert not any(token in kept or token.split("_")[2] in kept for token, _ in made)
     # Failures are not cached, so a flood of bad tokens cannot evict good ones.
     for n in range(10):
