@@ -29,7 +29,7 @@ from typing import Any, get_args
 
 import asyncpg
 
-from . import aisettings, credits, db, metrics, tokens, wixinstall
+from . import admission, aisettings, credits, db, metrics, tokens, wixinstall
 from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
@@ -61,6 +61,7 @@ class Client:
         self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._recent_at = 0.0
         self._recent_figures: tuple[float | None, int] = (None, 0)
+        self._admissions = admission.Batcher(pool, settings, self.app, settings.max_batch_size)
         self._tokens = tokens.TokenCache(settings.token_cache_seconds, settings.token_cache_size)
 
     @classmethod
@@ -115,11 +116,11 @@ class Client:
 
         if self.settings.credits_enabled or any(s.idempotency_key for s in specs):
             return await self._enqueue_locked(tenant_id, user_id, specs)
-        # The common case, no idempotency key and no credits: one statement, no transaction
-        # block, no lock held across a round trip (queries.sql enqueue_jobs).
-        ids = [uuid.uuid4() for _ in specs]
-        batch_id, counts, status = await self._insert(self.pool, tenant_id, user_id, specs, ids)
-        return await self._enqueued(batch_id, ids, set(range(len(ids))), status, counts)
+        # The common case, no idempotency key and no credits: no transaction block, no lock
+        # held across a round trip; concurrent ones share a statement (blogqueue.admission).
+        request = admission.Request(tenant_id, user_id, specs, [uuid.uuid4() for _ in specs])
+        outcome = await self._admissions.submit(request)
+        return await self._enqueued(request, outcome, request.ids, set(range(len(specs))), {})
 
     async def _enqueue_locked(self, tenant_id: str, user_id: str | None, specs: list[JobSpec]) -> Enqueued:
         """Enqueue with idempotency keys or credits: under the tenant's lock, so a key resolves to
@@ -128,24 +129,30 @@ class Client:
         async with lock, self.pool.acquire() as conn, conn.transaction():
             await conn.execute(Q["lock_tenant_enqueue"], tenant_id)
             ids, new, status = await self._resolve_idempotency(conn, tenant_id, specs)
-            counts: dict[str, int] | None = None
-            if new:
-                picked = sorted(new)
-                batch_id, counts, inserted = await self._insert(
-                    conn, tenant_id, user_id, [specs[n] for n in picked], [ids[n] for n in picked])
-                status.update(inserted)
+            if not new:
+                batch_id = await conn.fetchval("SELECT batch_id FROM bq_jobs WHERE id = $1", ids[0])
+                return await self._enqueued(None, None, ids, new, status, batch_id)
+            picked = sorted(new)
+            request = admission.Request(tenant_id, user_id, [specs[n] for n in picked], [ids[n] for n in picked])
+            outcome = (await admission.insert(conn, self.settings, self.app, [request]))[0]
+            if outcome.admitted:
                 # After the insert (the ledger references the jobs); refusing rolls the insert back.
                 await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in picked],
                                       self.app)
-            else:
-                batch_id = await conn.fetchval("SELECT batch_id FROM bq_jobs WHERE id = $1", ids[0])
-        return await self._enqueued(batch_id, ids, new, status, counts)
+        return await self._enqueued(request, outcome, ids, new, status)
 
-    async def _enqueued(self, batch_id: uuid.UUID, ids: list[uuid.UUID], new: set[int],
-                        status: dict[uuid.UUID, PublicStatus], counts: dict[str, int] | None) -> Enqueued:
+    async def _enqueued(self, request: admission.Request | None, outcome: admission.Outcome | None,
+                        ids: list[uuid.UUID], new: set[int], status: dict[uuid.UUID, PublicStatus],
+                        batch_id: uuid.UUID | None = None) -> Enqueued:
+        """The answer: BacklogFull if the new jobs were refused, else the jobs and the estimated wait."""
         wait = None
-        if counts is not None:
+        if request is not None and outcome is not None:
+            counts = {"tenant": outcome.tenant_live, "total": outcome.total_live}
             rate, tenants = await self._recent()
+            if not outcome.admitted:
+                raise self._backlog_full(counts, len(new), rate)
+            status = {**status, **outcome.statuses}
+            batch_id = request.batch_id
             wait = _estimate_wait({**counts, "tenants": tenants}, len(new), rate)
         return Enqueued(batch_id=str(batch_id),
                         jobs=[EnqueuedJob(str(i), status[i], n not in new) for n, i in enumerate(ids)],
@@ -209,26 +216,6 @@ class Client:
                 raise
             self._recent_figures = (n / THROUGHPUT_WINDOW_S if n else None, tenants)
         return self._recent_figures
-
-    async def _insert(self, conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, user_id: str | None,
-                      specs: list[JobSpec], ids: list[uuid.UUID],
-                      ) -> tuple[uuid.UUID, dict[str, int], dict[uuid.UUID, PublicStatus]]:
-        """Admit and insert new jobs (queries.sql enqueue_jobs); BacklogFull if a limit would be passed.
-
-        Returns the batch id, the backlog before them ({"tenant", "total"}) and their statuses.
-        """
-        batch_id = uuid.uuid4()
-        row = await conn.fetchrow(
-            Q["enqueue_jobs"],
-            ids, [s.kind for s in specs], [s.stored() for s in specs],
-            [s.model for s in specs], [s.priority for s in specs],
-            [s.idempotency_key for s in specs], [s.request_hash() for s in specs],
-            [s.run_at for s in specs], [self.app.kinds[s.kind].stage_names[0] for s in specs],
-            tenant_id, user_id, batch_id, self.settings.max_tenant_backlog, self.settings.max_backlog)
-        counts = {"tenant": row["tenant_live"], "total": row["total_live"]}
-        if not row["admitted"]:
-            raise self._backlog_full(counts, len(specs), (await self._recent())[0])
-        return batch_id, counts, {uuid.UUID(k): v for k, v in row["statuses"].items()}
 
     # -- read ------------------------------------------------------------------
 

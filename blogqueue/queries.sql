@@ -19,39 +19,43 @@ SELECT id, idempotency_key, request_hash, batch_id, bq_public_status(status, fai
 FROM bq_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
 
 -- name: enqueue_jobs
--- The whole enqueue of new jobs in one statement: admission against both backlog limits
--- (bq_backlog_admit, migration 013: $13 tenant limit, $14 global), then, only if admitted,
--- the batch, the jobs (one array per column; run_at NULL means now), their 'enqueued'
--- events and the dispatcher's wake-up. One statement means the admission lock is held for
--- this statement and its commit, never across a round trip to the client.
+-- A group of enqueue requests in one statement (one commit): admission of each against both
+-- backlog limits in order (bq_backlog_admit, migration 013; $15 tenant limit, $16 global),
+-- then, for the admitted ones only, their batches, jobs, 'enqueued' events and the
+-- dispatcher's wake-up. Requests: $11 batch ids, $12 tenants, $13 users, $14 job counts;
+-- jobs: one array per column ($1-$9; run_at NULL means now) and $10, the request of each.
+-- The admission lock is held for this statement and its commit, never across a round trip.
+-- Answers one JSON object: {"admit": [{req, tenant_live, total_live, admitted}], "statuses": {id: status}}.
 WITH admit AS MATERIALIZED (
-    SELECT * FROM bq_backlog_admit($10, cardinality($1::uuid[]), $13, $14)
-), rows AS (
-    SELECT r.* FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
-                           $6::text[], $7::text[], $8::timestamptz[], $9::text[])
-        AS r(id, kind, spec, model, priority, idempotency_key, request_hash, run_at, stage)
-    WHERE (SELECT admitted FROM admit)
+    SELECT * FROM bq_backlog_admit($12::text[], $14::bigint[], $15, $16)
+), reqs AS (
+    SELECT q.* FROM unnest($11::uuid[], $12::text[], $13::text[], $14::int[]) WITH ORDINALITY
+        AS q(batch_id, tenant_id, user_id, n, req)
+    JOIN admit a ON a.req = q.req AND a.admitted AND q.n > 0
 ), batch AS (
-    INSERT INTO bq_batches (id, tenant_id, job_count)
-    SELECT $12, $10, cardinality($1::uuid[]) FROM admit WHERE admitted
+    INSERT INTO bq_batches (id, tenant_id, job_count) SELECT batch_id, tenant_id, n FROM reqs
 ), ins AS (
     INSERT INTO bq_jobs (id, tenant_id, user_id, batch_id, kind, spec, model, priority,
                          idempotency_key, request_hash, status, run_at, stage)
-    SELECT r.id, $10, $11, $12, r.kind, r.spec, r.model, r.priority, r.idempotency_key,
-           r.request_hash,
+    SELECT r.id, q.tenant_id, q.user_id, q.batch_id, r.kind, r.spec, r.model, r.priority,
+           r.idempotency_key, r.request_hash,
            CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'queued' END,
            coalesce(r.run_at, now()), r.stage
-    FROM rows r
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
+                $6::text[], $7::text[], $8::timestamptz[], $9::text[], $10::int[])
+        AS r(id, kind, spec, model, priority, idempotency_key, request_hash, run_at, stage, req)
+    JOIN reqs q ON q.req = r.req
     RETURNING id, status, failures
 ), events AS (
     INSERT INTO bq_job_events (job_id, attempt, event)
     SELECT id, 0, 'enqueued' FROM ins
 ), wake AS (
-    SELECT pg_notify('blogqueue_dispatch', 'enqueue') FROM admit WHERE admitted
+    SELECT pg_notify('blogqueue_dispatch', 'enqueue') WHERE EXISTS (SELECT 1 FROM reqs)
 )
-SELECT a.tenant_live, a.total_live, a.admitted, (SELECT count(*) FROM wake) AS woken,
-       (SELECT json_object_agg(id, bq_public_status(status, failures)) FROM ins) AS statuses
-FROM admit a;
+SELECT json_build_object(
+    'admit', (SELECT json_agg(a ORDER BY a.req) FROM admit a),
+    'statuses', (SELECT json_object_agg(id, bq_public_status(status, failures)) FROM ins),
+    'woken', (SELECT count(*) FROM wake)) AS result;
 
 -- name: notify_dispatcher
 SELECT pg_notify('blogqueue_dispatch', $1);

@@ -83,13 +83,20 @@ END $$;
 CREATE TRIGGER bq_backlog_truncate AFTER TRUNCATE ON bq_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION bq_backlog_truncated();
 
--- Admission: takes the lock, folds the deltas, reads the tenant's and the total backlog and
--- says whether `adding` more jobs fit under both limits. The caller inserts the jobs in the
--- same statement only when admitted (their trigger adds the delta), and the lock is held
--- until its transaction ends.
-CREATE FUNCTION bq_backlog_admit(p_tenant text, p_adding bigint, p_tenant_max bigint, p_max bigint,
-                                 OUT tenant_live bigint, OUT total_live bigint, OUT admitted boolean)
+-- Admission of a group of enqueue requests, in order: takes the lock, folds the deltas,
+-- then for each request i (tenant p_tenants[i], p_adding[i] new jobs) says whether it fits
+-- under both limits given the ones admitted before it, and the tenant's and the total
+-- backlog it was checked against. The caller inserts the admitted requests' jobs in the
+-- same statement (their trigger adds the deltas); the lock is held until its transaction
+-- ends. One group per statement is how one commit (one WAL flush) carries many requests:
+-- blogqueue.client batches concurrent enqueues of a process into one call.
+CREATE FUNCTION bq_backlog_admit(p_tenants text[], p_adding bigint[], p_tenant_max bigint, p_max bigint)
+RETURNS TABLE (req integer, tenant_live bigint, total_live bigint, admitted boolean)
 LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_live jsonb;
+    v_total bigint;
+    t bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('blogqueue.admit'));
     WITH d AS (DELETE FROM bq_backlog_delta RETURNING tenant_id, n),
@@ -98,9 +105,19 @@ BEGIN
     SELECT tenant_id, n FROM s
     UNION ALL SELECT '', sum(n) FROM s HAVING count(*) > 0
     ON CONFLICT (tenant_id) DO UPDATE SET live = b.live + excluded.live;
-    SELECT coalesce((SELECT live FROM bq_backlog WHERE tenant_id = p_tenant), 0),
-           coalesce((SELECT live FROM bq_backlog WHERE tenant_id = ''), 0)
-      INTO tenant_live, total_live;
-    admitted := p_adding = 0
-        OR (tenant_live + p_adding <= p_tenant_max AND total_live + p_adding <= p_max);
+    SELECT coalesce(jsonb_object_agg(b.tenant_id, b.live), '{}') INTO v_live
+    FROM bq_backlog b WHERE b.tenant_id = ANY(p_tenants);
+    v_total := coalesce((SELECT b.live FROM bq_backlog b WHERE b.tenant_id = ''), 0);
+    FOR i IN 1 .. coalesce(array_length(p_tenants, 1), 0) LOOP
+        req := i;
+        t := coalesce((v_live ->> p_tenants[i])::bigint, 0);
+        tenant_live := t;
+        total_live := v_total;
+        admitted := p_adding[i] = 0 OR (t + p_adding[i] <= p_tenant_max AND v_total + p_adding[i] <= p_max);
+        IF admitted THEN
+            v_live := jsonb_set(v_live, ARRAY[p_tenants[i]], to_jsonb(t + p_adding[i]));
+            v_total := v_total + p_adding[i];
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END $$;
