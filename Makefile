@@ -74,7 +74,7 @@ bench-http: services
 	  { echo "bench-http needs wrk: sudo apt-get install wrk (or build https://github.com/wg/wrk)"; exit 2; }
 	$(LOAD_ENV) $(PY) benchmarks/http_service.py $(BENCH_ARGS)
 
-# The service under 200 clients for 60 s (docs/benchmarks.md); BENCH_ARGS="--outage --seconds 30" adds a Redis outage.
+# Open loop, stepped until p99 > 250 ms: the highest rate held (docs/benchmarks.md); BENCH_ARGS="--outage --seconds 30" runs one rate with a Redis outage.
 bench-load: services
 	$(LOAD_ENV) $(PY) benchmarks/load.py $(BENCH_ARGS)
 
