@@ -156,7 +156,11 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 
 def _supervise(children: list[int]) -> None:
     """Wait for the workers; a signal is passed on to each, and one worker's death stops all."""
+    stopping = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True  # uvicorn re-raises the signal it stopped on: a worker then dies of it
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -168,7 +172,7 @@ def _supervise(children: list[int]) -> None:
     while live:
         pid, status = os.wait()
         live.discard(pid)
-        if os.waitstatus_to_exitcode(status) != 0 and live and not failed:
+        if os.waitstatus_to_exitcode(status) != 0 and not stopping:
             failed = True
             log.error("service worker exited; stopping the others", pid=pid)
             forward(signal.SIGTERM, None)
