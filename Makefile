@@ -85,14 +85,19 @@ worker: migrate
 serve: migrate
 	$(LOAD_ENV) $(VENV)/bin/blogqueue serve
 
+# The service alone under wrk, 1 and 2 processes (docs/benchmarks.md; ~2 min). wrk is a Debian
+# package: installed here when root with apt-get, else the target says how.
 bench-http: services
-	$(LOAD_ENV) $(PY) benchmarks/http_enqueue.py
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }; } || \
+	  { echo "bench-http needs wrk: sudo apt-get install wrk (or build https://github.com/wg/wrk)"; exit 2; }
+	$(LOAD_ENV) $(PY) benchmarks/http_service.py $(BENCH_ARGS)
 
 # 1,000 event-stream clients held open for 60 s while jobs run (docs/benchmarks.md); BENCH_ARGS="--seconds 15" shortens it.
 bench-events: services
 	$(LOAD_ENV) $(PY) benchmarks/events.py $(BENCH_ARGS)
 
-# The service under 200 clients for 60 s (docs/benchmarks.md); BENCH_ARGS="--outage --seconds 30" adds a Redis outage.
+# Open loop, stepped until p99 > 250 ms: the highest rate held (docs/benchmarks.md); BENCH_ARGS="--outage --seconds 30" runs one rate with a Redis outage.
 bench-load: services
 	$(LOAD_ENV) $(PY) benchmarks/load.py $(BENCH_ARGS)
 

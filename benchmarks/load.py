@@ -1,20 +1,25 @@
-"""The HTTP service under a bounded loopback load: many clients enqueueing, polling, listing, stopping.
+"""The HTTP service under an open-loop load: the highest arrival rate it holds.
 
 `blogqueue serve` runs as a real process, two real `blogqueue worker` processes
 execute the jobs on the offline provider (5 ms a call), on a database and a
-redis-server of this run's own (benchmarks/_harness.py). `--clients` client
-loops (benchmarks share `testkit.load` with tests/test_http_load.py)
-spread over `--tenants` tenants run for `--seconds`; every request goes to
-127.0.0.1 and none starts after the deadline. Prints a table per endpoint and
-"5xx: N", writes benchmarks/results/load.json (load_outage.json with --outage),
-and exits 1 if any 5xx was answered.
+redis-server of this run's own (benchmarks/_harness.py). Requests arrive at a fixed
+rate whatever the latency (testkit.load.open_loop, paced by aiolimiter; latency
+counted from each arrival's scheduled time, so a slow service cannot slow the load
+down and hide it: no coordinated omission), spread over `--tenants` tenants: one-job
+enqueues, reads of a recent job, list pages, bulks of 20, stops.
 
-`--outage` stops the private redis-server for `--outage-seconds` in the middle
-of the run: `/readyz` must answer 503 while enqueue, poll, list and stop (which
-need PostgreSQL only) keep answering; then it is started again on the same port.
+The rate starts at `--start-rate` and is multiplied by `--factor` every
+`--step-seconds` until a step fails: p99 over all requests above `--p99-ms` (250),
+or any 5xx, transport error or dropped arrival. Reports the highest rate held and a
+table per step; writes benchmarks/results/load.json; exits 1 if nothing was held.
 
-    make bench-load                                   # 200 clients, 60 s
-    make bench-load BENCH_ARGS="--outage --seconds 30"
+`--outage` runs one step at `--rate` for `--seconds` instead and stops the private
+redis-server for `--outage-seconds` in the middle: `/readyz` must answer 503 while
+enqueue, poll, list and stop (which need PostgreSQL only) keep answering; then it is
+started again on the same port. Writes load_outage.json; exits 1 on any 5xx.
+
+    make bench-load                                   # stepped, 20 s a step
+    make bench-load BENCH_ARGS="--outage --seconds 30 --rate 50"
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import httpx
 from _harness import Bench, bench_env, table, wait_for, write_result
 
 from blogqueue import tokens
-from testkit.load import Mix, Recorder, limits, run_clients, summarize
+from testkit.load import OpenLoopResult, Recorder, limits, open_loop, summarize
 
 
 async def _outage(bench: Bench, http: httpx.AsyncClient, start_after: float, seconds: float) -> dict[str, Any]:
@@ -95,93 +100,131 @@ async def main(args: argparse.Namespace) -> int:
         await bench.start_workers(args.workers)
         base_url = await bench.start_service(
             **({"db_pool_size": args.service_pool} if args.service_pool else {}))
-        rec = Recorder()
-        async with httpx.AsyncClient(base_url=base_url, timeout=args.timeout, limits=limits(args.clients + 2)) as http:
+        exits: list[str] = []
+        supervisor = asyncio.create_task(_supervise(bench, exits))
+        async with httpx.AsyncClient(base_url=base_url, timeout=args.timeout,
+                                     limits=limits(args.max_in_flight)) as http:
             async def ready() -> bool:
                 return (await http.get("/readyz")).status_code == 200
 
             await wait_for(ready, timeout=60, interval=0.5, what="the service to be ready")
-            outage_task = (asyncio.create_task(_outage(bench, http, args.seconds / 2 - args.outage_seconds / 2,
-                                                       args.outage_seconds)) if args.outage else None)
-            exits: list[str] = []
-            supervisor = asyncio.create_task(_supervise(bench, exits))
-            wall = await run_clients(http, toks, args.clients, args.seconds, rec, mix=Mix())
-            outage = await outage_task if outage_task else None
-        done_at_end = await bench.count("done")
-        # Bounded drain: how far the workers get with what was enqueued, for the record only.
-        drain_deadline = time.monotonic() + args.drain
-        while time.monotonic() < drain_deadline:
-            finished = await bench.pool.fetchval(
-                "SELECT count(*) FROM bq_jobs WHERE status IN ('done', 'failed', 'cancelled')")
-            if finished >= len(rec.jobs):
-                break
-            await asyncio.sleep(0.25)
+            if args.outage:
+                result = await _outage_run(bench, http, toks, args)
+            else:
+                result = await _stepped(http, toks, args)
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
-        statuses = dict(await bench.pool.fetch("SELECT status, count(*) FROM bq_jobs GROUP BY status"))
-        stored = await bench.pool.fetchval(
-            "SELECT count(*) FROM bq_jobs WHERE id = ANY($1::uuid[])", list(rec.jobs))
+        result["jobs_by_status"] = dict(await bench.pool.fetch("SELECT status, count(*) FROM bq_jobs GROUP BY status"))
         if args.keep_logs:
             shutil.copytree(bench.logdir, args.keep_logs, dirs_exist_ok=True)
-
-    per = {e: summarize(s) for e, s in rec.by_endpoint().items()}
-    total = sum(p["requests"] for p in per.values())
-    five_xx = rec.count_5xx()
-    rows = [[e, p["requests"], p["p50_ms"], p["p95_ms"], p["p99_ms"], p["max_ms"], p["error_rate"],
-             " ".join(f"{k}:{v}" for k, v in p["status_counts"].items())] for e, p in per.items()]
-    title = (f"Load: {args.clients} clients, {args.tenants} tenants, {args.seconds:g} s, {args.workers} workers "
-             f"(offline {args.latency_ms:g} ms/call){' with a Redis outage' if args.outage else ''}")
-    out = [table(title, ["endpoint", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms", "error rate",
-                         "statuses"], rows)]
-    overall = {"wall_s": round(wall, 2), "requests": total, "requests_per_s": round(total / wall, 1),
-               "jobs_enqueued": len(rec.jobs), "jobs_stored": stored, "jobs_done_at_end": done_at_end,
-               "jobs_by_status_after_drain": statuses, "stops_answered": len(rec.stopped),
-               "worker_exits_restarted": len(exits), "5xx": five_xx}
-    out.append(table("Overall", ["measure", "value"], [[k, v if not isinstance(v, dict) else
-                                                        " ".join(f"{a}:{b}" for a, b in sorted(v.items()))]
-                                                       for k, v in overall.items()]))
-    result: dict[str, Any] = {"params": vars(args), "endpoints": per, "overall": overall}
-    if outage:
-        window = (outage["t_stop"], outage["t_ready"])
-        in_win = rec.by_endpoint(*window)
-        orows = [[e, len(s), sum(1 for x in s if x.status is not None and x.status >= 500),
-                  " ".join(f"{k}:{v}" for k, v in summarize(s)["status_counts"].items())]
-                 for e, s in in_win.items()]
-        orows.append(["readyz", sum(outage["readyz_during"].values()),
-                      sum(v for k, v in outage["readyz_during"].items() if k.startswith("5")),
-                      " ".join(f"{k}:{v}" for k, v in sorted(outage["readyz_during"].items()))])
-        out.append(table(f"During the Redis outage ({window[1] - window[0]:.1f} s, stop to ready again)",
-                         ["endpoint", "requests", "5xx", "statuses"], orows))
-        print(f"readyz before: {outage['readyz_before']}; ready again "
-              f"{outage['ready_again_after_restart_s']} s after redis restarted")
-        result["outage"] = {k: v for k, v in outage.items() if not k.startswith("t_")} | {
-            "window_s": round(window[1] - window[0], 2),
-            "by_endpoint": {e: summarize(s) for e, s in in_win.items()}}
     for tail in exits:
         print("last log lines of a worker that exited (restarted):\n    " + tail.replace("\n", "\n    "))
     result["worker_exit_log_tails"] = exits
-    print(f"\n5xx: {five_xx}")
-    result["tables"] = out
+    result["params"] = vars(args)
     write_result("load_outage" if args.outage else "load", result)
-    return 1 if five_xx else 0
+    if args.outage:
+        return 1 if result["5xx"] else 0
+    return 0 if result["highest_rate_held"] else 1
+
+
+def _step_row(step: OpenLoopResult, rec: Recorder, p99_bound: float) -> dict[str, Any]:
+    every = [s for ss in rec.by_endpoint().values() for s in ss]
+    overall = summarize(every)
+    five_xx = rec.count_5xx()
+    transport = sum(1 for s in every if s.status is None)
+    held = (overall["p99_ms"] is not None and overall["p99_ms"] <= p99_bound and not five_xx and not transport
+            and not step.dropped)
+    return {"rate": step.rate, "sent": step.scheduled - step.dropped, "dropped": step.dropped,
+            "answered_per_s": round(len(every) / step.seconds, 1), "p50_ms": overall["p50_ms"],
+            "p99_ms": overall["p99_ms"], "max_ms": overall["max_ms"], "5xx": five_xx, "transport_errors": transport,
+            "pacer_lag_s": step.lag_s, "held": held,
+            "endpoints": {e: summarize(s) for e, s in rec.by_endpoint().items()}}
+
+
+async def _stepped(http: httpx.AsyncClient, toks: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    rate = args.start_rate
+    misses = 0
+    while rate <= args.max_rate:
+        rec = Recorder()
+        step = await open_loop(http, toks, rate, args.step_seconds, rec, max_in_flight=args.max_in_flight)
+        row = _step_row(step, rec, args.p99_ms)
+        steps.append(row)
+        print(f"rate {rate:g}/s: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, 5xx {row['5xx']}, "
+              f"transport errors {row['transport_errors']}, dropped {row['dropped']}: "
+              f"{'held' if row['held'] else 'NOT held'}", flush=True)
+        # One failed step may be noise on a shared machine: stop after two in a row.
+        misses = 0 if row["held"] else misses + 1
+        if misses >= 2:
+            break
+        rate = round(rate * args.factor, 1)
+        await asyncio.sleep(args.pause)
+    held = [r["rate"] for r in steps if r["held"]]
+    highest = max(held) if held else None
+    table(f"Open loop: {args.tenants} tenants, {args.workers} workers (offline {args.latency_ms:g} ms/call), "
+          f"{args.step_seconds:g} s a step; held = p99 <= {args.p99_ms:g} ms, no 5xx, no transport error",
+          ["rate/s", "sent", "answered/s", "p50 ms", "p99 ms", "max ms", "5xx", "errors", "dropped", "held"],
+          [[r["rate"], r["sent"], r["answered_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["5xx"],
+            r["transport_errors"], r["dropped"], "yes" if r["held"] else "no"] for r in steps])
+    print(f"\nhighest rate held: {highest} requests/s")
+    return {"steps": steps, "highest_rate_held": highest, "p99_bound_ms": args.p99_ms}
+
+
+async def _outage_run(bench: Bench, http: httpx.AsyncClient, toks: dict[str, str],
+                      args: argparse.Namespace) -> dict[str, Any]:
+    rec = Recorder()
+    outage_task = asyncio.create_task(_outage(bench, http, args.seconds / 2 - args.outage_seconds / 2,
+                                              args.outage_seconds))
+    step = await open_loop(http, toks, args.rate, args.seconds, rec, max_in_flight=args.max_in_flight)
+    outage = await outage_task
+    row = _step_row(step, rec, args.p99_ms)
+    per = row.pop("endpoints")
+    rows = [[e, p["requests"], p["p50_ms"], p["p95_ms"], p["p99_ms"], p["max_ms"], p["error_rate"],
+             " ".join(f"{k}:{v}" for k, v in p["status_counts"].items())] for e, p in per.items()]
+    table(f"Open loop at {args.rate:g}/s for {args.seconds:g} s with a Redis outage",
+          ["endpoint", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms", "error rate", "statuses"], rows)
+    window = (outage["t_stop"], outage["t_ready"])
+    in_win = rec.by_endpoint(*window)
+    orows = [[e, len(s), sum(1 for x in s if x.status is not None and x.status >= 500),
+              " ".join(f"{k}:{v}" for k, v in summarize(s)["status_counts"].items())]
+             for e, s in in_win.items()]
+    orows.append(["readyz", sum(outage["readyz_during"].values()),
+                  sum(v for k, v in outage["readyz_during"].items() if k.startswith("5")),
+                  " ".join(f"{k}:{v}" for k, v in sorted(outage["readyz_during"].items()))])
+    table(f"During the Redis outage ({window[1] - window[0]:.1f} s, stop to ready again)",
+          ["endpoint", "requests", "5xx", "statuses"], orows)
+    print(f"readyz before: {outage['readyz_before']}; ready again "
+          f"{outage['ready_again_after_restart_s']} s after redis restarted")
+    print(f"\n5xx: {row['5xx']}")
+    return {"overall": row, "endpoints": per, "5xx": row["5xx"],
+            "outage": {k: v for k, v in outage.items() if not k.startswith("t_")} | {
+                "window_s": round(window[1] - window[0], 2),
+                "by_endpoint": {e: summarize(s) for e, s in in_win.items()}}}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--start-rate", type=float, default=25.0, help="arrivals/s of the first step")
+    parser.add_argument("--factor", type=float, default=1.5, help="each step's rate over the previous one's")
+    parser.add_argument("--max-rate", type=float, default=5000.0, help="stop stepping above this")
+    parser.add_argument("--step-seconds", type=float, default=20.0)
+    parser.add_argument("--pause", type=float, default=3.0, help="seconds between steps")
+    parser.add_argument("--p99-ms", type=float, default=250.0, help="a step is held with p99 at most this")
+    parser.add_argument("--max-in-flight", type=int, default=2000,
+                        help="arrivals beyond this many unanswered requests are dropped (and fail the step)")
     parser.add_argument("--latency-ms", type=float, default=5.0, help="offline provider latency per call")
-    parser.add_argument("--timeout", type=float, default=30.0, help="per-request client timeout (s)")
-    parser.add_argument("--drain", type=float, default=20.0, help="at most this long to wait for jobs to finish")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-request client timeout (s)")
     parser.add_argument("--log-level", default="INFO", help="service and worker log level")
     parser.add_argument("--service-pool", type=int, help="the service's DB_POOL_SIZE (default: the setting)")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the service and worker logs here")
-    parser.add_argument("--outage", action="store_true", help="stop the private redis-server mid-run")
+    parser.add_argument("--outage", action="store_true", help="one step at --rate with a Redis outage mid-run")
+    parser.add_argument("--rate", type=float, default=50.0, help="--outage: the arrival rate")
+    parser.add_argument("--seconds", type=float, default=30.0, help="--outage: the run's length")
     parser.add_argument("--outage-seconds", type=float, default=5.0)
     a = parser.parse_args()
-    if a.clients < 1 or a.seconds <= 0 or a.tenants < 1:
-        parser.error("--clients, --seconds and --tenants must be positive")
+    if a.start_rate <= 0 or a.factor <= 1 or a.step_seconds <= 0 or a.tenants < 1 or a.rate <= 0:
+        parser.error("--start-rate, --step-seconds, --rate and --tenants must be positive, --factor above 1")
     sys.exit(asyncio.run(main(a)))

@@ -26,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="the blogqueue.App with your kinds, sources, publishers, providers (or BLOGQUEUE_APP)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="service processes sharing the port (each with its own database pool)")
     enqueue = sub.add_parser("enqueue", help="enqueue jobs from a JSON file ('-' for stdin)")
     enqueue.add_argument("--tenant", required=True)
     enqueue.add_argument("file")
@@ -92,7 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from .service.app import serve as run_service
 
-        run_service(settings, host=args.host, port=args.port, bq_app=app)
+        if args.workers < 1:
+            print("blogqueue serve: --workers must be at least 1", file=sys.stderr)
+            return 2
+        run_service(settings, host=args.host, port=args.port, bq_app=app, workers=args.workers)
         return 0
     if args.command == "token":
         from .tokens_cli import run as run_tokens

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import time
 import uuid
 import warnings
 import weakref
@@ -28,12 +29,12 @@ from typing import Any, get_args
 
 import asyncpg
 
-from . import aisettings, credits, db, metrics, tokens, wixinstall
+from . import admission, aisettings, credits, db, metrics, tokens, wixinstall
 from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
 from .events import EventHub, Feed
-from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, wait_reason
+from .jobs import PUBLIC_STATUSES, JobSpec, parse_job, public_job, waiting_reason
 from .models import (
     Batch,
     Enqueued,
@@ -52,6 +53,7 @@ from .settings import Settings
 from .tokens import Principal
 
 THROUGHPUT_WINDOW_S = 300.0
+RECENT_TTL_S = 5.0  # how old the throughput behind estimated_wait_s and Retry-After may be
 MAX_EVENTS = 200
 MAX_PAGE = 200
 
@@ -71,6 +73,10 @@ class Client:
         # waiting on the tenant's advisory lock with a pooled connection in hand would
         # let one busy tenant hold the whole pool while other tenants' reads queue.
         self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._recent_at = 0.0
+        self._recent_figures: tuple[float | None, int] = (None, 0)
+        self._admissions = admission.Batcher(pool, settings, self.app, settings.max_batch_size)
+        self._tokens = tokens.TokenCache(settings.token_cache_seconds, settings.token_cache_size)
         self._events: EventHub | None = None  # the event stream's poller, started by the first reader
 
     @classmethod
@@ -125,29 +131,55 @@ class Client:
                                details={"field": "jobs", "limit": self.settings.max_batch_size})
         specs = [parse_job(r, self.app, f"jobs[{i}]" if len(raw) > 1 else "job") for i, r in enumerate(raw)]
 
+        if self.settings.credits_enabled or any(s.idempotency_key for s in specs):
+            return await self._enqueue_locked(tenant_id, user_id, specs)
+        # The common case, no idempotency key and no credits: no transaction block, no lock
+        # held across a round trip; concurrent ones share a statement (blogqueue.admission).
+        request = admission.Request(tenant_id, user_id, specs, [uuid.uuid4() for _ in specs])
+        outcome = await self._admissions.submit(request)
+        return await self._enqueued(request, outcome, request.ids, set(range(len(specs))), {})
+
+    async def _enqueue_locked(self, tenant_id: str, user_id: str | None, specs: list[JobSpec]) -> Enqueued:
+        """Enqueue with idempotency keys or credits: under the tenant's lock, so a key resolves to
+        one job and the balance read is still true at commit; the insert is the same statement."""
         lock = self._tenant_locks.setdefault(tenant_id, asyncio.Lock())
         async with lock, self.pool.acquire() as conn, conn.transaction():
             await conn.execute(Q["lock_tenant_enqueue"], tenant_id)
-            ids, new = await self._resolve_idempotency(conn, tenant_id, specs)
-            counts = await conn.fetchrow(Q["backlog_counts"], tenant_id)
-            rate = await self._throughput(conn)
-            self._check_backlog(counts, len(new), rate)
-            batch_id = await self._insert(conn, tenant_id, user_id, specs, ids, new)
-            # After the insert (the ledger references the jobs); refusing rolls the insert back.
-            await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in sorted(new)],
-                                  self.app, lanes=[specs[n].lane or self.settings.default_lane for n in sorted(new)])
-            rows = await conn.fetch(
-                "SELECT id, bq_public_status(status, failures) AS status FROM bq_jobs WHERE id = ANY($1::uuid[])",
-                list(set(ids)))
-            await conn.execute(Q["notify_dispatcher"], "enqueue")
-        status = {r["id"]: r["status"] for r in rows}
+            ids, new, status = await self._resolve_idempotency(conn, tenant_id, specs)
+            if not new:
+                batch_id = await conn.fetchval("SELECT batch_id FROM bq_jobs WHERE id = $1", ids[0])
+                return await self._enqueued(None, None, ids, new, status, batch_id)
+            picked = sorted(new)
+            request = admission.Request(tenant_id, user_id, [specs[n] for n in picked], [ids[n] for n in picked])
+            outcome = (await admission.insert(conn, self.settings, self.app, [request]))[0]
+            if outcome.admitted:
+                # After the insert (the ledger references the jobs); refusing rolls the insert back.
+                await credits.reserve(conn, self.settings, tenant_id, [(ids[n], specs[n].kind) for n in picked],
+                                      self.app, lanes=[specs[n].lane or self.settings.default_lane for n in picked])
+        return await self._enqueued(request, outcome, ids, new, status)
+
+    async def _enqueued(self, request: admission.Request | None, outcome: admission.Outcome | None,
+                        ids: list[uuid.UUID], new: set[int], status: dict[uuid.UUID, PublicStatus],
+                        batch_id: uuid.UUID | None = None) -> Enqueued:
+        """The answer: BacklogFull if the new jobs were refused, else the jobs and the estimated wait."""
+        wait = None
+        if request is not None and outcome is not None:
+            counts = {"tenant": outcome.tenant_live, "total": outcome.total_live}
+            rate, tenants = await self._recent()
+            if not outcome.admitted:
+                raise self._backlog_full(counts, len(new), rate)
+            status = {**status, **outcome.statuses}
+            batch_id = request.batch_id
+            wait = _estimate_wait({**counts, "tenants": tenants}, len(new), rate)
         return Enqueued(batch_id=str(batch_id),
                         jobs=[EnqueuedJob(str(i), status[i], n not in new) for n, i in enumerate(ids)],
-                        estimated_wait_s=_estimate_wait(counts, len(new), rate))
+                        estimated_wait_s=wait)
 
-    async def _resolve_idempotency(self, conn: asyncpg.Connection, tenant_id: str,
-                                   specs: list[JobSpec]) -> tuple[list[uuid.UUID], set[int]]:
-        """Give each spec a job id; returns the ids and the indexes that are new jobs."""
+    async def _resolve_idempotency(
+            self, conn: asyncpg.Connection, tenant_id: str, specs: list[JobSpec],
+    ) -> tuple[list[uuid.UUID], set[int], dict[uuid.UUID, PublicStatus]]:
+        """Give each spec a job id; returns the ids, the indexes that are new jobs and the
+        public status of the jobs that already existed."""
         keys = [s.idempotency_key for s in specs if s.idempotency_key]
         existing = {r["idempotency_key"]: r for r in
                     await conn.fetch(Q["find_by_idempotency_keys"], tenant_id, keys)} if keys else {}
@@ -169,60 +201,57 @@ class Client:
                 seen[key] = (job_id, spec.request_hash())
             ids.append(job_id)
             new.add(n)
-        return ids, new
+        return ids, new, {r["id"]: r["status"] for r in existing.values()}
 
-    def _check_backlog(self, counts: asyncpg.Record, adding: int, rate: float | None) -> None:
+    def _backlog_full(self, counts: dict[str, int], adding: int, rate: float | None) -> BacklogFull:
+        """The refusal of `adding` jobs that bq_backlog_admit did not admit: names the limit passed
+        by most (the tenant's on a tie) and a Retry-After from recent throughput."""
         s = self.settings
         over = [(counts["total"] + adding - s.max_backlog, "global", s.max_backlog),
                 (counts["tenant"] + adding - s.max_tenant_backlog, "tenant", s.max_tenant_backlog)]
         excess, scope, limit = max(over)
-        if adding and excess > 0:
-            retry_after = 30 if not rate else max(1, min(3600, math.ceil(excess / rate)))
-            raise BacklogFull(
-                f"the {scope} backlog limit of {limit} jobs would be passed; retry later",
-                retry_after=retry_after,
-                details={"scope": scope, "limit": limit, "backlog": counts[scope if scope == "tenant" else "total"],
-                         "requested": adding, "retry_after_s": retry_after})
+        retry_after = 30 if not rate else max(1, min(3600, math.ceil(excess / rate)))
+        return BacklogFull(
+            f"the {scope} backlog limit of {limit} jobs would be passed; retry later",
+            retry_after=retry_after,
+            details={"scope": scope, "limit": limit, "backlog": counts[scope if scope == "tenant" else "total"],
+                     "requested": adding, "retry_after_s": retry_after})
 
-    async def _throughput(self, conn: asyncpg.Connection) -> float | None:
-        n = await conn.fetchval(Q["finished_since"], THROUGHPUT_WINDOW_S)
-        return n / THROUGHPUT_WINDOW_S if n else None
-
-    async def _insert(self, conn: asyncpg.Connection, tenant_id: str, user_id: str | None,
-                      specs: list[JobSpec], ids: list[uuid.UUID], new: set[int]) -> uuid.UUID:
-        if not new:
-            return await conn.fetchval("SELECT batch_id FROM bq_jobs WHERE id = $1", ids[0])
-        batch_id = uuid.uuid4()
-        await conn.execute(Q["insert_batch"], batch_id, tenant_id, len(new))
-        picked = [(ids[n], specs[n]) for n in sorted(new)]
-        await conn.execute(
-            Q["insert_jobs"],
-            [i for i, _ in picked], [s.kind for _, s in picked],
-            [s.stored(self.settings.default_lane) for _, s in picked],
-            [s.model for _, s in picked], [s.priority for _, s in picked],
-            [s.idempotency_key for _, s in picked], [s.request_hash() for _, s in picked],
-            [s.run_at for _, s in picked], [self.app.kinds[s.kind].stage_names[0] for _, s in picked],
-            tenant_id, user_id, batch_id)
-        return batch_id
+    async def _recent(self) -> tuple[float | None, int]:
+        """(jobs finished per second over THROUGHPUT_WINDOW_S, tenants with a backlog), for the
+        estimated wait and Retry-After only: read at most every RECENT_TTL_S per client, since
+        counting the finished jobs of five minutes on every enqueue cost more than the enqueue."""
+        now = time.monotonic()
+        if now - self._recent_at > RECENT_TTL_S:
+            self._recent_at = now  # one refresh at a time; the others use the previous figures
+            try:
+                async with self.pool.acquire() as conn:
+                    n = await conn.fetchval(Q["finished_since"], THROUGHPUT_WINDOW_S)
+                    tenants = await conn.fetchval(Q["backlog_tenants"])
+            except BaseException:
+                self._recent_at = 0.0
+                raise
+            self._recent_figures = (n / THROUGHPUT_WINDOW_S if n else None, tenants)
+        return self._recent_figures
 
     # -- read ------------------------------------------------------------------
 
     async def get_job(self, job_id: str, tenant_id: str | None = None) -> JobDetail:
         """One job with its stage outputs and progress events; NotFound if not the tenant's."""
         jid = _uuid(job_id, "job")
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(Q["get_job"], jid, tenant_id)
-            if row is None:
-                raise NotFound("no such job", details={"id": job_id})
-            events = await conn.fetch(Q["job_events"], jid, MAX_EVENTS)
-            stages = await conn.fetch(Q["job_stages"], jid)
-            waiting = await wait_reason(conn, dict(row), self.settings.heartbeat_seconds * 3)
+        # One statement (events, stages and the wait reason's worker check as subqueries):
+        # a job view is the service's most frequent read.
+        row = await self.pool.fetchrow(Q["get_job_detail"], jid, tenant_id, MAX_EVENTS,
+                                       self.settings.heartbeat_seconds * 3)
+        if row is None:
+            raise NotFound("no such job", details={"id": job_id})
+        job = dict(row)
         return JobDetail.model_validate({
-            **public_job(dict(row)),
-            "wait_reason": waiting,
+            **public_job(job),
+            "wait_reason": waiting_reason(job, job["kind_served"]),
             "events": [JobEvent(at=e["at"], attempt=e["attempt"], event=e["event"], detail=e["detail"] or None)
-                       for e in events],
-            "stages": {s["stage"]: StageRecord(attempt=s["attempt"], at=s["created_at"]) for s in stages},
+                       for e in job["events"]],
+            "stages": {s["stage"]: StageRecord(attempt=s["attempt"], at=s["at"]) for s in job["stages"]},
         })
 
     async def list_jobs(self, tenant_id: str | None, *, status: str | None = None,
@@ -324,8 +353,12 @@ class Client:
             await conn.execute(Q["lock_tenant_enqueue"], owner)
             failed = await conn.fetch(Q["retry_candidates"], bid)
             if failed:
-                counts = await conn.fetchrow(Q["backlog_counts"], owner)
-                self._check_backlog(counts, len(failed), await self._throughput(conn))
+                # The same admission as an enqueue's (migration 013): exact under concurrent enqueues.
+                admit = await conn.fetchrow(Q["backlog_admit"], owner, len(failed),
+                                            self.settings.max_tenant_backlog, self.settings.max_backlog)
+                if not admit["admitted"]:
+                    counts = {"tenant": admit["tenant_live"], "total": admit["total_live"]}
+                    raise self._backlog_full(counts, len(failed), (await self._recent())[0])
                 await credits.reserve_again(conn, self.settings, owner, [
                     (r["id"], r["reserved"], r["retries"] + 1) for r in failed
                     if r["reserved"] is not None and r["released"]])
@@ -405,8 +438,12 @@ class Client:
     # -- for the service: tokens, readiness, metrics --------------------------
 
     async def verify_token(self, token: str) -> Principal | None:
-        """The principal of a valid, unrevoked API token; None otherwise."""
-        return await tokens.verify(self.pool, token)
+        """The principal of a valid, unrevoked API token; None otherwise.
+
+        Verified tokens are cached for BLOGQUEUE_TOKEN_CACHE_SECONDS (blogqueue.tokens.TokenCache):
+        a revoked token is refused at most that long after the revocation commits.
+        """
+        return await self._tokens.verify(self.pool, token)
 
     async def ping(self) -> None:
         """One round trip to PostgreSQL; raises what the driver raises when it cannot."""
@@ -455,7 +492,7 @@ def _decode_cursor(cursor: str, tenant_id: str | None) -> int:
     return seq
 
 
-def _estimate_wait(counts: asyncpg.Record, adding: int, rate: float | None) -> float | None:
+def _estimate_wait(counts: dict[str, int], adding: int, rate: float | None) -> float | None:
     """Seconds until the last new job should start at recent throughput.
 
     The fair dispatcher shares throughput between tenants with work, so a small

@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from .db import Q
 from .errors import InvalidInput
 from .sources import SourceInvalid
 
@@ -198,17 +195,15 @@ def public_job(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def wait_reason(conn: asyncpg.Connection | asyncpg.Pool, job: dict[str, Any],
-                      live_window_s: float) -> str | None:
+def waiting_reason(job: dict[str, Any], kind_served: bool | None) -> str | None:
     """Why a queued job is not dispatched, when no live worker knows its kind; None otherwise.
 
     Workers record the kinds their app registers (bq_workers.kinds); the
     dispatcher hands out only kinds some live worker knows, so such a job waits
-    in the queue (never failing) until one starts.
+    in the queue (never failing) until one starts. `kind_served` is read with the
+    job, in the same statement (queries.sql get_job_detail).
     """
-    if job["status"] != "queued":
-        return None
-    if await conn.fetchval(Q["kind_served"], job["kind"], live_window_s):
+    if job["status"] != "queued" or kind_served:
         return None
     return (f"no live worker knows the kind {job['kind']!r}: start workers with an app that registers it "
             f"(blogqueue worker --app MODULE:ATTR)")

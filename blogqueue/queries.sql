@@ -3,57 +3,80 @@
 -- WHERE clause: the database, not Python, decides who wins a race.
 
 -- name: lock_tenant_enqueue
--- Serialises enqueues of one tenant so its backlog limit and idempotency keys are exact.
+-- Serialises one tenant's enqueues that carry idempotency keys or reserve credits, so a key
+-- is resolved, and a balance read, only once (the backlog limits are bq_backlog_admit's).
 SELECT pg_advisory_xact_lock(hashtext('blogqueue.enqueue'), hashtext($1));
 
--- name: backlog_counts
-SELECT count(*) FILTER (WHERE tenant_id = $1) AS tenant,
-       count(*) AS total,
-       count(DISTINCT tenant_id) AS tenants
-FROM bq_jobs
-WHERE status IN ('scheduled', 'queued', 'dispatched', 'running');
+-- name: backlog_tenants
+-- Tenants with a backlog, for the estimated wait only (folded counts: may lag by the deltas).
+SELECT count(*) FROM bq_backlog WHERE live > 0 AND tenant_id <> '';
 
 -- name: finished_since
 SELECT count(*) AS n FROM bq_jobs WHERE finished_at > now() - make_interval(secs => $1);
 
 -- name: find_by_idempotency_keys
-SELECT id, idempotency_key, request_hash, batch_id
+SELECT id, idempotency_key, request_hash, batch_id, bq_public_status(status, failures) AS status
 FROM bq_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
 
--- name: insert_batch
-INSERT INTO bq_batches (id, tenant_id, job_count) VALUES ($1, $2, $3);
-
--- name: insert_jobs
--- Bulk insert, one array per column; run_at NULL means now.
-WITH rows AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
-                         $6::text[], $7::text[], $8::timestamptz[], $9::text[])
-        AS r(id, kind, spec, model, priority, idempotency_key, request_hash, run_at, stage)
+-- name: enqueue_jobs
+-- A group of enqueue requests in one statement (one commit): admission of each against both
+-- backlog limits in order (bq_backlog_admit, migration 013; $15 tenant limit, $16 global),
+-- then, for the admitted ones only, their batches, jobs, 'enqueued' events and the
+-- dispatcher's wake-up. Requests: $11 batch ids, $12 tenants, $13 users, $14 job counts;
+-- jobs: one array per column ($1-$9; run_at NULL means now) and $10, the request of each.
+-- The admission lock is held for this statement and its commit, never across a round trip.
+-- Answers one JSON object: {"admit": [{req, tenant_live, total_live, admitted}], "statuses": {id: status}}.
+WITH admit AS MATERIALIZED (
+    SELECT * FROM bq_backlog_admit($12::text[], $14::bigint[], $15, $16)
+), reqs AS (
+    SELECT q.* FROM unnest($11::uuid[], $12::text[], $13::text[], $14::int[]) WITH ORDINALITY
+        AS q(batch_id, tenant_id, user_id, n, req)
+    JOIN admit a ON a.req = q.req AND a.admitted AND q.n > 0
+), batch AS (
+    INSERT INTO bq_batches (id, tenant_id, job_count) SELECT batch_id, tenant_id, n FROM reqs
 ), ins AS (
     INSERT INTO bq_jobs (id, tenant_id, user_id, batch_id, kind, spec, model, priority,
                          idempotency_key, request_hash, status, run_at, stage)
-    SELECT r.id, $10, $11, $12, r.kind, r.spec, r.model, r.priority, r.idempotency_key,
-           r.request_hash,
+    SELECT r.id, q.tenant_id, q.user_id, q.batch_id, r.kind, r.spec, r.model, r.priority,
+           r.idempotency_key, r.request_hash,
            CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'queued' END,
            coalesce(r.run_at, now()), r.stage
-    FROM rows r
-    RETURNING id, status, run_at, stage
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
+                $6::text[], $7::text[], $8::timestamptz[], $9::text[], $10::int[])
+        AS r(id, kind, spec, model, priority, idempotency_key, request_hash, run_at, stage, req)
+    JOIN reqs q ON q.req = r.req
+    RETURNING id, status, failures, stage
+), events AS (
+    INSERT INTO bq_job_events (job_id, attempt, event, status, stage)
+    SELECT id, 0, 'enqueued', bq_public_status(status, failures), stage FROM ins
+), wake AS (
+    SELECT pg_notify('blogqueue_dispatch', 'enqueue') WHERE EXISTS (SELECT 1 FROM reqs)
 )
-INSERT INTO bq_job_events (job_id, attempt, event, status, stage)
-SELECT id, 0, 'enqueued', 'queued', stage FROM ins;
+SELECT json_build_object(
+    'admit', (SELECT json_agg(a ORDER BY a.req) FROM admit a),
+    'statuses', (SELECT json_object_agg(id, bq_public_status(status, failures)) FROM ins),
+    'woken', (SELECT count(*) FROM wake)) AS result;
 
 -- name: notify_dispatcher
 SELECT pg_notify('blogqueue_dispatch', $1);
 
--- name: get_job
-SELECT j.*, bq_public_status(j.status, j.failures) AS public_status
+-- name: get_job_detail
+-- One round trip for a job view: the job, its first $3 events and its saved stages as JSON
+-- arrays, and for a queued job whether a live worker ($4: heartbeat window) knows its kind.
+SELECT j.*, bq_public_status(j.status, j.failures) AS public_status,
+       (SELECT coalesce(json_agg(json_build_object('attempt', e.attempt, 'at', e.at, 'event', e.event,
+                                                   'detail', e.detail) ORDER BY e.id), '[]')
+        FROM (SELECT id, attempt, at, event, detail FROM bq_job_events
+              WHERE job_id = j.id ORDER BY id LIMIT $3) e) AS events,
+       (SELECT coalesce(json_agg(json_build_object('stage', s.stage, 'attempt', s.attempt,
+                                                   'at', s.created_at) ORDER BY s.created_at), '[]')
+        FROM bq_job_stages s WHERE s.job_id = j.id) AS stages,
+       CASE WHEN j.status = 'queued' THEN EXISTS (
+           SELECT 1 FROM bq_workers
+           WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $4)
+             AND j.kind = ANY(coalesce(kinds, ARRAY['blog_post', 'product_optimization'])))
+       END AS kind_served
 FROM bq_jobs j WHERE j.id = $1 AND ($2::text IS NULL OR j.tenant_id = $2);
-
--- name: job_events
-SELECT attempt, at, event, detail FROM bq_job_events WHERE job_id = $1 ORDER BY id LIMIT $2;
-
--- name: job_stages
-SELECT stage, attempt, output, created_at FROM bq_job_stages WHERE job_id = $1 ORDER BY created_at;
 
 -- name: list_jobs
 -- $1 NULL lists every tenant (admin).
@@ -313,14 +336,6 @@ SELECT u.id, u.status, u.run_at, (SELECT count(*) FROM wake) AS woke FROM upd u;
 -- $7: the kinds this worker's app registers (it runs only those).
 INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch, kinds)
 VALUES ($1, $2, $3, $4, $5, $6, $7);
-
--- name: kind_served
--- Does some live worker know this kind? (NULL kinds: a pre-007 worker, built-in kinds only.)
-SELECT EXISTS (
-    SELECT 1 FROM bq_workers
-    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $2)
-      AND $1 = ANY(coalesce(kinds, ARRAY['blog_post', 'product_optimization']))
-) AS served;
 
 -- name: heartbeat
 UPDATE bq_workers SET heartbeat_at = now(), in_flight = $2, jobs_done = $3, jobs_failed = $4,
@@ -699,6 +714,11 @@ LEFT JOIN bq_credit_ledger r ON r.job_id = j.id AND r.movement = 'reserve' AND r
 WHERE j.batch_id = $1 AND j.status = 'failed'
 ORDER BY j.id
 FOR UPDATE OF j;
+
+-- name: backlog_admit
+-- One tenant's admission of $2 jobs against both backlog limits ($3 tenant, $4 global), as an
+-- enqueue's (bq_backlog_admit, migration 013): a batch retry queues jobs again through it.
+SELECT admitted, tenant_live, total_live FROM bq_backlog_admit(ARRAY[$1::text], ARRAY[$2::bigint], $3, $4);
 
 -- name: retry_jobs
 -- Failed jobs ($1) queued again for a new round: failures reset (the retry schedule applies afresh),

@@ -100,6 +100,10 @@ class Settings:
     events_heartbeat_seconds: float = 15.0
     events_poll_seconds: float = 0.1
     events_buffer: int = 1000
+    # Verified API tokens are cached per process this long: the bound on how long a revoked
+    # token still works (blogqueue.tokens.TokenCache); 0 looks every request up.
+    token_cache_seconds: float = 5.0
+    token_cache_size: int = 10_000
 
     # Sources, publishers and credits (docs/sources-publishers-credits.md).
     wix_base_url: str = "https://www.wixapis.com"
@@ -180,6 +184,8 @@ class Settings:
             ("EVENTS_HEARTBEAT_SECONDS", self.events_heartbeat_seconds > 0, "must be positive"),
             ("EVENTS_POLL_SECONDS", 0 < self.events_poll_seconds <= 10, "must be more than 0 and at most 10"),
             ("EVENTS_BUFFER", self.events_buffer >= 1, "must be at least 1"),
+            ("TOKEN_CACHE_SECONDS", 0 <= self.token_cache_seconds <= 300, "must be from 0 to 300"),
+            ("TOKEN_CACHE_SIZE", self.token_cache_size >= 1, "must be at least 1"),
             ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "must be DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -252,14 +258,14 @@ class Settings:
 _INT_FIELDS = {
     "worker_concurrency", "max_inflight_per_tenant", "max_backlog", "max_tenant_backlog",
     "dispatch_prefetch", "shutdown_grace_seconds", "db_pool_size", "max_batch_size",
-    "max_body_bytes", "max_json_depth", "metrics_top_tenants", "events_buffer",
+    "max_body_bytes", "max_json_depth", "metrics_top_tenants", "events_buffer", "token_cache_size",
     "batch_max_requests", "batch_credit_percent", "batch_queue_tokens",
 }
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
     "ready_timeout_seconds", "provider_timeout_seconds", "rate_limit_max_wait_seconds",
-    "rate_limit_burst_seconds", "events_heartbeat_seconds", "events_poll_seconds",
+    "rate_limit_burst_seconds", "token_cache_seconds", "events_heartbeat_seconds", "events_poll_seconds",
     "batch_window_seconds", "batch_poll_seconds", "batch_poll_max_seconds",
     "batch_price_ratio", "offline_batch_seconds",
 }

@@ -6,6 +6,13 @@ creation, and only its SHA-256 is stored. Verification looks the row up by id
 and compares hashes with `hmac.compare_digest`, so neither the lookup nor the
 comparison leaks the secret through timing. A high-entropy random secret needs
 no slow password hash: nothing can be guessed from its SHA-256.
+
+`TokenCache` keeps recently verified tokens in the process for a few seconds
+(BLOGQUEUE_TOKEN_CACHE_SECONDS, default 5), so a busy client costs one database
+lookup per token per interval instead of one per request. The price is a bounded
+revocation delay: a revoked token keeps working in a process that verified it
+shortly before for at most that many seconds after `revoke` commits (0 turns the
+cache off). The cache is keyed by the SHA-256 of the whole token, never the token.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,6 +95,45 @@ async def verify(pool: asyncpg.Pool, token: str) -> Principal | None:
     if last is None or datetime.now(UTC) - last > TOUCH_EVERY:
         await pool.execute(Q["token_touch"], token_id)
     return Principal(token_id, row["tenant_id"], row["user_id"], row["is_admin"], row["scope"])
+
+
+class TokenCache:
+    """Verified tokens for `ttl` seconds, at most `size` of them (least recently used leaves first).
+
+    Only successes are kept: an unknown or revoked token is looked up every time, so a
+    stream of bad tokens cannot push the good ones out, and a new token works at once.
+    Entries are keyed by the SHA-256 digest of the token, so the secret is not kept
+    in memory beyond the request that carried it. Per process: with `serve --workers N`
+    each process has its own, and the revocation delay is still at most `ttl`.
+    """
+
+    def __init__(self, ttl: float, size: int) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def verify(self, pool: asyncpg.Pool, token: str) -> Principal | None:
+        if self.ttl <= 0:
+            return await verify(pool, token)
+        key = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                self._entries.move_to_end(key)
+                return hit[1]
+            del self._entries[key]
+        principal = await verify(pool, token)
+        if principal is not None:
+            # Stamped with the time the lookup started: the revocation bound counts from it.
+            self._entries[key] = (now + self.ttl, principal)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return principal
 
 
 async def revoke(pool: asyncpg.Pool, id_or_prefix: str) -> dict[str, Any]:

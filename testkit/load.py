@@ -1,10 +1,18 @@
-"""A bounded HTTP client load on the service: the loop `benchmarks/load.py` and its test share.
+"""HTTP client loads on the service: the open loop of `benchmarks/load.py`, the closed loop of its test.
 
-Each simulated client loops until a deadline: enqueue (mostly one job, sometimes
-a bulk), read its jobs back (`GET /v1/jobs/{id}`), now and then list a page and
-stop one of its jobs. Every request is recorded (endpoint, start time, latency,
-status or transport error) so callers can compute percentiles, count 5xx, and
-look at a time window (a dependency outage) separately.
+Open loop (`open_loop`, the benchmark): requests arrive at a fixed rate whatever the
+latency, paced by aiolimiter, each a mix of enqueue (mostly one job, sometimes a bulk),
+read back (`GET /v1/jobs/{id}`), list and stop. Latency counts from the *scheduled*
+arrival time, so a slow answer cannot delay the next arrivals and hide itself (a closed
+loop of N clients only sends when an answer came back: coordinated omission).
+
+Closed loop (`run_clients`, tests/test_http_load.py): each simulated client loops until
+a deadline: enqueue, read its jobs back, now and then list a page and stop one of its
+jobs; for correctness under concurrency, not for timing.
+
+Every request is recorded (endpoint, start time, latency, status or transport error) so
+callers can compute percentiles, count 5xx, and look at a time window (a dependency
+outage) separately.
 """
 
 from __future__ import annotations
@@ -137,6 +145,101 @@ async def run_clients(http: httpx.AsyncClient, tokens: dict[str, str], clients: 
                     random.Random(seed * 100_003 + i), mix)
         for i in range(clients)))
     return time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class OpenMix:
+    """The share of each kind of arrival in the open loop (the rest: one-job enqueues)."""
+
+    poll: float = 0.35
+    list: float = 0.10
+    bulk: float = 0.04
+    stop: float = 0.01
+    bulk_size: int = 20
+
+
+@dataclass
+class OpenLoopResult:
+    rate: float  # arrivals per second asked for
+    seconds: float
+    scheduled: int  # arrivals scheduled in the window
+    dropped: int  # not sent: `max_in_flight` requests were already waiting for answers
+    lag_s: float  # how late the pacer sent the last arrival (the generator's own lag)
+
+
+async def open_loop(http: httpx.AsyncClient, tokens: dict[str, str], rate: float, seconds: float, rec: Recorder,
+                    *, seed: int = 8, mix: OpenMix = OpenMix(), max_in_flight: int = 2000) -> OpenLoopResult:
+    """Arrivals at `rate` per second for `seconds`, each one request, whatever the answers' latency.
+
+    aiolimiter paces the sends: a bucket of 0.1 s of arrivals, so a pacer delayed by a busy
+    event loop catches up with a short burst instead of sending fewer (a bucket of one
+    arrival kept every delay: 40/s asked, about 30/s sent on a loaded machine). The
+    latency recorded for arrival k runs from its scheduled time `start + k / rate`, so a
+    pacer that fell behind (a busy event loop) shows as latency too, never as a lower load.
+    Waits for every sent request to be answered (or to time out) before returning.
+    """
+    from aiolimiter import AsyncLimiter
+
+    rng = random.Random(seed)
+    tenants = sorted(tokens)
+    recent: dict[str, list[str]] = {t: [] for t in tenants}
+    limiter = AsyncLimiter(max(1.0, rate * 0.1), 0.1)
+    total = int(rate * seconds)
+    in_flight: set[asyncio.Task[None]] = set()
+    dropped = 0
+    start = time.monotonic()
+
+    async def arrival(k: int, tenant: str, scheduled: float) -> None:
+        early = scheduled - time.monotonic()
+        if early > 0:  # a burst of the bucket went out ahead of the schedule: keep to it
+            await asyncio.sleep(early)
+        token = tokens[tenant]
+        r = rng.random()
+        mine = recent[tenant]
+        if r < mix.poll and mine:
+            await _timed(http, rec, "poll", "GET", f"/v1/jobs/{rng.choice(mine)}", token, scheduled)
+        elif r < mix.poll + mix.list:
+            await _timed(http, rec, "list", "GET", "/v1/jobs?limit=20", token, scheduled)
+        elif r < mix.poll + mix.list + mix.stop and mine:
+            jid = rng.choice(mine)
+            resp = await _timed(http, rec, "stop", "POST", f"/v1/jobs/{jid}/stop", token, scheduled)
+            if resp is not None and resp.status_code == 200:
+                rec.stopped.add(jid)
+        else:
+            size = mix.bulk_size if r > 1 - mix.bulk else 1
+            jobs = [{"source": {"type": "keyword", "keyword": f"{tenant} topic {k}.{i}"}} for i in range(size)]
+            resp = await _timed(http, rec, "enqueue", "POST", "/v1/jobs", token,
+                                scheduled, {"jobs": jobs} if size > 1 else jobs[0])
+            if resp is not None and resp.status_code == 202:
+                for j in resp.json()["jobs"]:
+                    rec.jobs[j["id"]] = tenant
+                    mine.append(j["id"])
+                del mine[:-50]
+
+    for k in range(total):
+        await limiter.acquire()
+        if len(in_flight) >= max_in_flight:
+            dropped += 1
+            continue
+        task = asyncio.create_task(arrival(k, tenants[k % len(tenants)], start + k / rate))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    lag = time.monotonic() - (start + (total - 1) / rate) if total else 0.0
+    if in_flight:
+        await asyncio.gather(*in_flight)
+    return OpenLoopResult(rate, seconds, total, dropped, round(max(0.0, lag), 3))
+
+
+async def _timed(http: httpx.AsyncClient, rec: Recorder, endpoint: str, method: str, url: str, token: str,
+                 scheduled: float, body: Any = None) -> httpx.Response | None:
+    """One request; its latency counts from `scheduled` (monotonic), not from when it was sent."""
+    try:
+        resp = await http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
+    except httpx.TransportError as exc:
+        rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, None, type(exc).__name__))
+        return None
+    rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, resp.status_code))
+    return resp
 
 
 def limits(clients: int) -> httpx.Limits:

@@ -75,6 +75,7 @@ async def settings(database_url: str, redis_url: str, pool: asyncpg.Pool,
         retry_schedule=(0.3, 0.3, 0.3), status_log_seconds=2.0, shutdown_grace_seconds=2,
         offline_latency_ms=0.0, offline_call_log=str(tmp_path / "calls.jsonl"), db_pool_size=5,
         max_backlog=100_000, max_tenant_backlog=10_000, max_inflight_per_tenant=20,
+        token_cache_seconds=0.5,  # a revoked token is refused within this (blogqueue.tokens.TokenCache)
     )
     assert await credits.violations(pool) == [], "the credit ledger is inconsistent"
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncpg
+import httpx
 
 from blogqueue.settings import Settings
+from tests.conftest import wait_until
 from tests.http_fixtures import Api, TokenFactory, assert_error, keyword
 
 
@@ -137,7 +139,14 @@ async def test_auth(api: Api, make_token: TokenFactory, pool: asyncpg.Pool) -> N
     good = await api.client(token)
     assert (await good.get("/v1/jobs")).status_code == 200
     await tokens.revoke(pool, token.split("_")[1])
+    # Verified tokens are cached per process: refused within BLOGQUEUE_TOKEN_CACHE_SECONDS (0.5 s here).
+    await wait_until(lambda: _refused(good), timeout=api.settings.token_cache_seconds + 2,
+                     what="the revoked token to be refused")
     assert_error(await good.get("/v1/jobs"), 401, "unauthorized")
+
+
+async def _refused(http: httpx.AsyncClient) -> bool:
+    return (await http.get("/v1/jobs")).status_code == 401
 
 
 async def test_bulk_enqueue_is_atomic(api: Api, make_token: TokenFactory, pool: asyncpg.Pool) -> None:

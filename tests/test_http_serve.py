@@ -30,10 +30,10 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def _start_serve(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _start_serve(settings: Settings, port: int, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "blogqueue.cli", "serve", "--host", "127.0.0.1",
-                                 "--port", str(port)],
+                                 "--port", str(port), *extra],
                                 env=_env(settings, BLOGQUEUE_LOG_FORMAT="json"), stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -151,3 +151,47 @@ async def test_oversized_body_gets_the_413_even_while_the_client_is_still_sendin
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_serve_workers_share_the_port_with_an_app(settings: Settings, tmp_path: Path) -> None:
+    """`serve --workers 2 --app ...`: two processes answer on one port, each validating against the
+    app (a kind only the plugin registers is accepted); SIGTERM to the parent stops them all."""
+    token = _cli(settings, "token", "create", "--tenant", "shop-w").stdout.strip()
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    proc = _start_serve(settings, port, log_path, "--workers", "2", "--app", "examples.faq_plugin:app")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            await _wait_up(http, proc, log_path)
+            workers = _children(proc.pid)
+            assert len(workers) == 2
+            # Both listen: each worker has its own socket on the port (SO_REUSEPORT).
+            async def both_listen() -> bool:
+                inodes = []
+                for pid in workers:
+                    inodes += [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
+                               if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")]
+                return len(inodes) >= 2
+            await wait_until(both_listen, timeout=30, what="both workers' sockets")
+            auth = {"Authorization": f"Bearer {token}"}
+            for _ in range(6):  # new connections: the kernel spreads them over both
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as one:
+                    made = await one.post("/v1/jobs", headers=auth,
+                                          json={"kind": "faq", "source": {"type": "keyword", "keyword": "why"}})
+                    assert made.status_code == 202, made.text  # "faq" is the plugin's kind
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert proc.returncode == 0, log_path.read_text()
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False

@@ -8,12 +8,15 @@ with no connection up front (min_size 0), so the service starts and answers
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import socket
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -111,12 +114,75 @@ def create_app(settings: Settings, bq_app: App | None = None) -> Starlette:
     return app
 
 
-def serve(settings: Settings, *, host: str, port: int, bq_app: App | None = None) -> None:
-    import uvicorn
+def serve(settings: Settings, *, host: str, port: int, bq_app: App | None = None, workers: int = 1) -> None:
+    """Run the service: one process, or `workers` processes sharing the port (SO_REUSEPORT).
 
-    # Open event streams (GET /v1/events) never finish by themselves: a stop waits this long
-    # for them, then ends them (their clients resume with Last-Event-ID).
-    config: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False,
-                              "proxy_headers": False, "server_header": False,
-                              "timeout_graceful_shutdown": settings.shutdown_grace_seconds}
-    uvicorn.run(create_app(settings, bq_app), **config)
+    uvloop and httptools: the event loop and HTTP parser in C (docs/benchmarks.md, bench-http).
+    With several workers the parent forks them after loading the app, so `--app` needs no
+    import string; each has its own pool (BLOGQUEUE_DB_POOL_SIZE each) and token cache, and the
+    kernel spreads connections over their sockets. The parent forwards SIGINT/SIGTERM and, if
+    one worker dies, stops the others and exits non-zero (a supervisor restarts the set).
+    """
+    if workers <= 1:
+        uvicorn.Server(_config(create_app(settings, bq_app), settings, host, port)).run()
+        return
+    # Fail in the parent, before forking, when the address is taken or invalid.
+    _reuseport_socket(host, port).close()
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the worker: its own socket, loop, pool and cache
+            code = 0
+            try:
+                server = uvicorn.Server(_config(create_app(settings, bq_app), settings, host, port))
+                server.run(sockets=[_reuseport_socket(host, port)])
+            except BaseException:  # any failure: logged, and the parent sees a failure code
+                log.exception("service worker failed")
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    _supervise(children)
+
+
+def _config(app: ASGIApp, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    # Open event streams (GET /v1/events) never finish by themselves: a stop waits
+    # SHUTDOWN_GRACE_SECONDS for them, then ends them (their clients resume with Last-Event-ID).
+    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
+                          timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                          access_log=False, proxy_headers=False, server_header=False)
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _supervise(children: list[int]) -> None:
+    """Wait for the workers; a signal is passed on to each, and one worker's death stops all."""
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True  # uvicorn re-raises the signal it stopped on: a worker then dies of it
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    failed = False
+    live = set(children)
+    while live:
+        pid, status = os.wait()
+        live.discard(pid)
+        if os.waitstatus_to_exitcode(status) != 0 and not stopping:
+            failed = True
+            log.error("service worker exited; stopping the others", pid=pid)
+            forward(signal.SIGTERM, None)
+    if failed:
+        raise SystemExit(1)
