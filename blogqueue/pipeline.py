@@ -1,9 +1,23 @@
 """The checkpoint loop, and `Run`: what every stage (built-in or yours) receives.
 
 A stage is `async def stage(run: blogqueue.Run) -> dict`. Its output is saved
-in `bq_job_stages` before the next stage starts, and a later attempt skips
-every stage that has a saved output (invariant 3), so a paid call whose
-result was saved is never made again. A stage raises
+in `bq_job_stages`, and a later attempt skips every stage that has a saved
+output (invariant 3), so a paid call whose result was saved is never made
+again.
+
+When a stage's output is written (issue #14: fewer PostgreSQL round trips per
+job, invariant 3 kept):
+- a stage that made a paid call or a side effect (`run.text`, `run.image`,
+  `run.publish`, `run.write_back`, or `run.mark_effect()`) has its output
+  written as soon as it returns, before the next stage starts;
+- a stage that made none (fetching the source, a skipped image) is cheap to
+  run again, so its output waits for the next write: the one before the next
+  paid call or side effect starts (which also shows that stage as the job's
+  `stage`), a paid stage's checkpoint, or the attempt's finish;
+- the last stage's output is written by the attempt's finish, in the same
+  statement (`finish_attempt`): nothing runs between the two.
+Every such write is fenced by the attempt like a single checkpoint, and writes
+one `stage_done` event per stage, in stage order. A stage raises
 `blogqueue.RetryableError` (try again on the retry schedule),
 `blogqueue.RateLimited` (wait, no attempt used) or `blogqueue.FatalError`
 (fail now, with its message as `last_error`).
@@ -62,7 +76,8 @@ class Run:
     """
 
     def __init__(self, job: dict[str, Any], *, app: App, settings: Settings, pool: asyncpg.Pool,
-                 outputs: dict[str, Any] | None = None) -> None:
+                 outputs: dict[str, Any] | None = None,
+                 stored: tuple[str | None, dict[str, str]] | None = None) -> None:
         self.job = job
         self.job_id = str(job["id"])
         self.tenant_id = str(job["tenant_id"])
@@ -76,6 +91,9 @@ class Run:
         self._settings = settings
         self._pool = pool
         self._resolved: Resolved | None = None
+        self._stored = stored
+        self._unsaved: list[tuple[str, dict[str, Any]]] = []  # finished stages not written yet, in order
+        self._effect = False  # the running stage made a paid call or a side effect
 
     # -- provider calls ------------------------------------------------------------
 
@@ -89,7 +107,7 @@ class Run:
         names it, on its adapter's dimensions (the demo runs offline under the seeds' limits).
         """
         if self._resolved is None:
-            self._resolved = await resolve(self.job, self._settings, self._pool, self.app)
+            self._resolved = await resolve(self.job, self._settings, self._pool, self.app, stored=self._stored)
         r = self._resolved
         entry = self.app.providers[r.provider]
         adapter = self.app.provider_adapter(r.provider, self._settings)
@@ -99,6 +117,7 @@ class Run:
 
     async def text(self, system: str, prompt: str, *, max_tokens: int = 1500,
                    json_output: bool = False) -> TextResult:
+        await self.mark_effect()
         r, provider, limited, dims = await self._provider()
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
@@ -112,6 +131,7 @@ class Run:
         return result
 
     async def image(self, prompt: str) -> str:
+        await self.mark_effect()
         r, provider, limited, _ = await self._provider()
         request, ctx = ImageRequest(model=r.model, prompt=prompt), self._ctx()
         if not limited:
@@ -130,12 +150,32 @@ class Run:
         return await ratelimit.limiter(self._settings).call(r.provider, r.api_key, cost, call, used=used,
                                                             info=info, tenant=self.tenant_id)
 
-    async def _checkpoint(self, name: str, output: dict[str, Any], following: str | None) -> None:
-        """Saves a stage's output while this attempt still owns the job; StaleAttempt if it does not."""
-        owned = await self._pool.fetchval(Q["save_stage"], self.job["id"], self.attempt, name, output, following)
+    # -- checkpoints ---------------------------------------------------------------
+
+    async def mark_effect(self) -> None:
+        """Call before a paid call or side effect this stage makes by other means than
+        `run.text`, `run.image`, `run.publish` or `run.write_back` (which call it).
+
+        The outputs of earlier stages still waiting to be written are saved first (so a
+        paid call never starts before them), and this stage's output is saved as soon as
+        it returns instead of waiting for the next write.
+        """
+        self._effect = True
+        if self._unsaved:
+            await self._checkpoint(following=self.stage)
+
+    async def _checkpoint(self, following: str | None) -> None:
+        """Saves the unsaved stage outputs while this attempt still owns the job; StaleAttempt if it does not."""
+        names = [n for n, _ in self._unsaved]
+        owned = await self._pool.fetchval(Q["save_stages"], self.job["id"], self.attempt, names,
+                                          [o for _, o in self._unsaved], following)
         if not owned:
-            raise StaleAttempt(name)
-        self.outputs[name] = output
+            raise StaleAttempt(names[-1])
+        self._unsaved.clear()
+
+    def unsaved(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """Finished stages whose outputs are not written yet (names, outputs), for the attempt's finish."""
+        return [n for n, _ in self._unsaved], [o for _, o in self._unsaved]
 
     # -- the app's prompts, source and publisher -------------------------------------
 
@@ -149,11 +189,13 @@ class Run:
         return await self.app.fetch_source(self.job["spec"]["source"], self._settings, self.tenant_id)
 
     async def publish(self, post: dict[str, Any], source: dict[str, Any] | None = None) -> dict[str, Any]:
+        await self.mark_effect()
         publisher, config = self.app.publisher_for(self._settings)
         out: dict[str, Any] = await publisher.publish(self.job, post, source or {}, config)
         return out
 
     async def write_back(self, rewrite: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
+        await self.mark_effect()
         publisher, config = self.app.publisher_for(self._settings)
         out: dict[str, Any] = await publisher.write_back(self.job, rewrite, product, config)
         return out
@@ -169,7 +211,9 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
     """Runs the unfinished stages of the job's kind in order; returns the job's result.
 
     Raises StaleAttempt when a checkpoint finds the attempt no longer owns the
-    job, and StopRequested when `should_stop` says stop at a boundary.
+    job, and StopRequested when `should_stop` says stop at a boundary. Outputs
+    still unsaved when it returns or raises (see the module's docstring) are
+    in `run.unsaved()`: the attempt's finish writes them.
     """
     kind = run.app.kinds[run.kind]
     names = kind.stage_names
@@ -179,10 +223,16 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
         if should_stop():
             raise StopRequested
         run.stage = name
+        run._effect = False
         output = await stage(run)
         if not isinstance(output, dict):
             raise FatalError(f"stage {name!r} of kind {kind.name!r} returned {type(output).__name__}, not a dict",
                              code="bad_stage_output")
+        run.outputs[name] = output
+        run._unsaved.append((name, output))
         following = names[i + 1] if i + 1 < len(names) else None
-        await run._checkpoint(name, output, following)
+        # The last stage's output goes with the finish; a stage without a paid call or a side
+        # effect waits for the next write. Only a paid stage's output is written here, now.
+        if run._effect and following is not None:
+            await run._checkpoint(following)
     return kind.result(run) if kind.result is not None else {n: run.outputs[n] for n in names}

@@ -246,6 +246,8 @@ FROM locked l WHERE j.id = l.id;
 
 -- name: claim_attempt
 -- An attempt runs only if it is still the job's current one and nobody started it.
+-- It also returns what model resolution needs (the user's preferred model and stored key
+-- ciphertexts, as `ai_resolve`): one round trip instead of two per job (issue #14).
 WITH claimed AS (
     UPDATE bq_jobs SET status = 'running', worker_id = $3,
         lease_until = now() + make_interval(secs => $4),
@@ -258,22 +260,33 @@ WITH claimed AS (
 )
 SELECT c.id, c.tenant_id, c.user_id, c.batch_id, c.kind, c.spec, c.model, c.attempt, c.failures,
        coalesce((SELECT jsonb_object_agg(s.stage, s.output) FROM bq_job_stages s
-                 WHERE s.job_id = c.id), '{}'::jsonb) AS stages
+                 WHERE s.job_id = c.id), '{}'::jsonb) AS stages,
+       (SELECT a.preferred_model FROM bq_ai_settings a
+        WHERE a.tenant_id = c.tenant_id AND a.user_id = coalesce(c.user_id, '')) AS ai_preferred_model,
+       coalesce((SELECT jsonb_object_agg(k.provider, k.ciphertext) FROM bq_provider_keys k
+                 WHERE k.tenant_id = c.tenant_id AND k.user_id = coalesce(c.user_id, '')), '{}'::jsonb)
+           AS ai_keys
 FROM claimed c;
 
--- name: save_stage
--- Checkpoint: the stage's output is kept only while this attempt still owns the job.
+-- name: save_stages
+-- Checkpoint: stage outputs ($3 names, $4 outputs, in stage order) are kept only while
+-- this attempt still owns the job; $5 is the stage that runs next (shown as the job's
+-- stage). Several stages at once: outputs of stages that made no paid call or side effect
+-- wait for the next write (blogqueue.pipeline), and one `stage_done` event per stage is
+-- written here, in stage order.
 WITH owner AS (
     SELECT id FROM bq_jobs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+), saved AS (
+    SELECT s.stage, s.output, s.ord FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS s(stage, output, ord)
 ), ins AS (
     INSERT INTO bq_job_stages (job_id, stage, attempt, output)
-    SELECT id, $3, $2, $4 FROM owner
+    SELECT o.id, s.stage, $2, s.output FROM owner o, saved s
     ON CONFLICT (job_id, stage) DO NOTHING
 ), upd AS (
     UPDATE bq_jobs j SET stage = $5, updated_at = now() FROM owner o WHERE j.id = o.id
 ), ev AS (
     INSERT INTO bq_job_events (job_id, attempt, event, detail)
-    SELECT id, $2, 'stage_done', jsonb_build_object('stage', $3::text) FROM owner
+    SELECT o.id, $2, 'stage_done', jsonb_build_object('stage', s.stage) FROM owner o, saved s ORDER BY s.ord
 )
 SELECT count(*)::int AS owned FROM owner;
 
@@ -281,10 +294,19 @@ SELECT count(*)::int AS owned FROM owner;
 -- End of an attempt: $3 is the next state (done, failed, cancelled, scheduled for a
 -- retry, queued when released), $4 the failures it adds, $5 the retry delay.
 -- A job asked to stop is never put back in the queue: it ends cancelled.
+-- $11/$12: stage outputs not saved yet (the last stage's, and those of stages before it
+-- that made no paid call), saved by this same statement under the same fence, with their
+-- `stage_done` events before the finishing event; $13 the stage shown when not done.
 WITH cur AS (
     SELECT id, CASE WHEN cancel_requested AND $3 IN ('scheduled', 'queued') THEN 'cancelled' ELSE $3 END AS next
     FROM bq_jobs WHERE id = $1 AND attempt = $2 AND status = 'running'
     FOR UPDATE
+), saved AS (
+    SELECT s.stage, s.output, s.ord FROM unnest($11::text[], $12::jsonb[]) WITH ORDINALITY AS s(stage, output, ord)
+), ins AS (
+    INSERT INTO bq_job_stages (job_id, stage, attempt, output)
+    SELECT c.id, s.stage, $2, s.output FROM cur c, saved s
+    ON CONFLICT (job_id, stage) DO NOTHING
 ), upd AS (
     UPDATE bq_jobs j SET
         status = c.next,
@@ -293,14 +315,19 @@ WITH cur AS (
         last_error = CASE WHEN c.next <> $3 THEN 'stopped by request' ELSE coalesce($6, j.last_error) END,
         error_code = CASE WHEN c.next <> $3 THEN 'cancelled' ELSE coalesce($7, j.error_code) END,
         result = coalesce($8::jsonb, j.result),
-        stage = CASE WHEN c.next = 'done' THEN NULL ELSE j.stage END,
+        stage = CASE WHEN c.next = 'done' THEN NULL ELSE coalesce($13, j.stage) END,
         finished_at = CASE WHEN c.next IN ('done', 'failed', 'cancelled') THEN now() END,
         lease_until = NULL, worker_id = NULL, updated_at = now()
     FROM cur c WHERE j.id = c.id
     RETURNING j.id, j.attempt, j.status, j.run_at, c.next <> $3 AS diverted
 ), ev AS (
     INSERT INTO bq_job_events (job_id, attempt, event, detail)
-    SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb FROM upd
+    SELECT e.id, e.attempt, e.event, e.detail FROM (
+        SELECT u.id, u.attempt, 'stage_done' AS event, jsonb_build_object('stage', s.stage) AS detail, s.ord
+        FROM upd u, saved s
+        UNION ALL
+        SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb, 2147483647::bigint FROM upd
+    ) e ORDER BY e.ord
 ), wake AS (
     SELECT pg_notify('blogqueue_dispatch', 'slot') FROM upd
 )

@@ -210,7 +210,9 @@ class WorkerRuntime:
             return await self._run(job_id, job)
 
     async def _run(self, job_id: str, job: dict[str, Any]) -> str:
-        run = Run(job, app=self.app, settings=self.settings, pool=self.pool, outputs=dict(job.pop("stages")))
+        stored = (job.pop("ai_preferred_model"), dict(job.pop("ai_keys")))  # read by the claim: see resolve()
+        run = Run(job, app=self.app, settings=self.settings, pool=self.pool, outputs=dict(job.pop("stages")),
+                  stored=stored)
         task = asyncio.create_task(run_pipeline(run, lambda: job_id in self.stop_requested))
         self.running[job_id] = task
         try:
@@ -219,13 +221,13 @@ class WorkerRuntime:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 # The worker is shutting down: give the attempt back, unpaid.
-                await asyncio.shield(self._finish(job, "queued", event="released"))
+                await asyncio.shield(self._finish(job, "queued", event="released", run=run))
                 raise
             if job_id in self.lost:
                 log.warning("attempt lost its lease; abandoned", stage=run.stage)
                 return "stale"
             return await self._finish(job, "cancelled", error="stopped by request", code="cancelled",
-                                      event="cancelled", detail={"stage": run.stage})
+                                      event="cancelled", detail={"stage": run.stage}, run=run)
         except StaleAttempt:
             log.info("attempt no longer owns the job; its checkpoint was refused", stage=run.stage)
             return "stale"
@@ -233,21 +235,22 @@ class WorkerRuntime:
             # Our own database hiccuped (restart, terminated backend): not the job's fault.
             log.warning("database error; releasing the attempt", stage=run.stage, error=type(exc).__name__)
             return await self._finish(job, "scheduled", delay=1.0, event="released",
-                                      detail={"stage": run.stage, "reason": "database error"})
+                                      detail={"stage": run.stage, "reason": "database error"}, run=run)
         except Exception as exc:
-            return await self._failed(job, run.stage, exc)
+            return await self._failed(job, run, exc)
         finally:
             self.running.pop(job_id, None)
             self.stop_requested.discard(job_id)
             self.lost.discard(job_id)
-        return await self._finish(job, "done", result=result, event="done")
+        # The last stage's output (and any unsaved before it) is written by the finish itself.
+        return await self._finish(job, "done", result=result, event="done", run=run)
 
-    async def _failed(self, job: dict[str, Any], stage: str, exc: Exception) -> str:
-        s = self.settings
+    async def _failed(self, job: dict[str, Any], run: Run, exc: Exception) -> str:
+        s, stage = self.settings, run.stage
         if isinstance(exc, RateLimited):
             return await self._finish(job, "scheduled", delay=exc.retry_after, error=exc.message,
                                       code=exc.code, event="rate_limited",
-                                      detail={"stage": stage, "retry_after_s": exc.retry_after})
+                                      detail={"stage": stage, "retry_after_s": exc.retry_after}, run=run)
         if isinstance(exc, JobError):
             message, code = exc.message, exc.code
         else:
@@ -257,18 +260,23 @@ class WorkerRuntime:
         failures = job["failures"] + 1
         if isinstance(exc, FatalError) or failures >= s.max_attempts:
             return await self._finish(job, "failed", failures=1, error=message, code=code, event="failed",
-                                      detail={"stage": stage, "error": message})
+                                      detail={"stage": stage, "error": message}, run=run)
         base = s.retry_schedule[failures - 1]
         delay = base * (1 + random.uniform(-s.retry_jitter, s.retry_jitter))
         return await self._finish(job, "scheduled", failures=1, delay=delay, error=message, code=code,
                                   event="retry_scheduled",
-                                  detail={"stage": stage, "error": message, "delay_s": round(delay, 3)})
+                                  detail={"stage": stage, "error": message, "delay_s": round(delay, 3)}, run=run)
 
     async def _finish(self, job: dict[str, Any], status: str, *, failures: int = 0, delay: float = 0.0,
                       error: str | None = None, code: str | None = None, result: dict[str, Any] | None = None,
-                      event: str, detail: dict[str, Any] | None = None) -> str:
+                      event: str, detail: dict[str, Any] | None = None, run: Run | None = None) -> str:
+        # Stage outputs not written yet (the last stage's; earlier ones without a paid call)
+        # are saved by this same fenced statement: one round trip fewer per job, and a stale
+        # attempt's finish saves nothing. `following`: the stage a retry resumes at.
+        names, outputs = run.unsaved() if run is not None else ([], [])
+        following = run.stage if names and run is not None and run.stage != names[-1] else None
         row = await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], job["id"], job["attempt"], status,
-                                 failures, delay, error, code, result, event, detail)
+                                 failures, delay, error, code, result, event, detail, names, outputs, following)
         if row is None:
             log.info("attempt no longer owns the job; its finish was refused", stage=(detail or {}).get("stage"),
                      wanted=status)

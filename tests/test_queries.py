@@ -17,7 +17,7 @@ async def running_job(client, pool, **flags):
 
 async def finish(pool, jid, status, attempt=1):
     return await pool.fetchrow(Q["finish_attempt"], jid, attempt, status, 1, 5.0, "boom", "timeout", None,
-                               "retry_scheduled", None)
+                               "retry_scheduled", None, [], [], None)
 
 
 async def test_a_stopped_job_is_never_requeued(client, pool):
