@@ -15,7 +15,10 @@ job, invariant 3 kept):
   paid call or side effect starts (which also shows that stage as the job's
   `stage`), a paid stage's checkpoint, or the attempt's finish;
 - the last stage's output is written by the attempt's finish, in the same
-  statement (`finish_attempt`): nothing runs between the two.
+  statement (`finish_attempt`): nothing runs between the two. Unless that
+  stage had an external side effect (a publisher's delivery, `mark_effect()`):
+  its acknowledgement is saved on its own first, so a crash while finishing
+  never sends the request again (tests/test_crash_publish.py).
 Every such write is fenced by the attempt like a single checkpoint, and writes
 one `stage_done` event per stage, in stage order. A stage raises
 `blogqueue.RetryableError` (try again on the retry schedule),
@@ -94,6 +97,7 @@ class Run:
         self._stored = stored
         self._unsaved: list[tuple[str, dict[str, Any]]] = []  # finished stages not written yet, in order
         self._effect = False  # the running stage made a paid call or a side effect
+        self._external = False  # ... and that was an external side effect (see run_pipeline)
 
     # -- provider calls ------------------------------------------------------------
 
@@ -117,7 +121,7 @@ class Run:
 
     async def text(self, system: str, prompt: str, *, max_tokens: int = 1500,
                    json_output: bool = False) -> TextResult:
-        await self.mark_effect()
+        await self._before_call()
         r, provider, limited, dims = await self._provider()
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
@@ -131,7 +135,7 @@ class Run:
         return result
 
     async def image(self, prompt: str) -> str:
-        await self.mark_effect()
+        await self._before_call()
         r, provider, limited, _ = await self._provider()
         request, ctx = ImageRequest(model=r.model, prompt=prompt), self._ctx()
         if not limited:
@@ -160,9 +164,19 @@ class Run:
         paid call never starts before them), and this stage's output is saved as soon as
         it returns instead of waiting for the next write.
         """
+        self._effect = self._external = True
+        await self._before_call()
+
+    async def _before_call(self) -> None:
         self._effect = True
         if self._unsaved:
             await self._checkpoint(following=self.stage)
+
+    async def _before_delivery(self, publisher: Any) -> None:
+        # A publisher that declares `side_effects = False` (`none`: the result stays in
+        # PostgreSQL) delivers nothing, so its stage needs no checkpoint of its own.
+        if getattr(publisher, "side_effects", True):
+            await self.mark_effect()
 
     async def _checkpoint(self, following: str | None) -> None:
         """Saves the unsaved stage outputs while this attempt still owns the job; StaleAttempt if it does not."""
@@ -189,14 +203,14 @@ class Run:
         return await self.app.fetch_source(self.job["spec"]["source"], self._settings, self.tenant_id)
 
     async def publish(self, post: dict[str, Any], source: dict[str, Any] | None = None) -> dict[str, Any]:
-        await self.mark_effect()
         publisher, config = self.app.publisher_for(self._settings)
+        await self._before_delivery(publisher)
         out: dict[str, Any] = await publisher.publish(self.job, post, source or {}, config)
         return out
 
     async def write_back(self, rewrite: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
-        await self.mark_effect()
         publisher, config = self.app.publisher_for(self._settings)
+        await self._before_delivery(publisher)
         out: dict[str, Any] = await publisher.write_back(self.job, rewrite, product, config)
         return out
 
@@ -223,7 +237,7 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
         if should_stop():
             raise StopRequested
         run.stage = name
-        run._effect = False
+        run._effect = run._external = False
         output = await stage(run)
         if not isinstance(output, dict):
             raise FatalError(f"stage {name!r} of kind {kind.name!r} returned {type(output).__name__}, not a dict",
@@ -231,8 +245,9 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
         run.outputs[name] = output
         run._unsaved.append((name, output))
         following = names[i + 1] if i + 1 < len(names) else None
-        # The last stage's output goes with the finish; a stage without a paid call or a side
-        # effect waits for the next write. Only a paid stage's output is written here, now.
-        if run._effect and following is not None:
+        # The last stage's output goes with the finish (unless it delivered something: see the
+        # module's docstring); a stage without a paid call or a side effect waits for the next
+        # write. Only a paid stage's output is written here, now.
+        if (run._effect and following is not None) or run._external:
             await run._checkpoint(following)
     return kind.result(run) if kind.result is not None else {n: run.outputs[n] for n in names}
