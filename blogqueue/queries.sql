@@ -244,16 +244,28 @@ WITH locked AS (
 UPDATE bq_jobs j SET status = 'queued', lease_until = NULL, updated_at = now()
 FROM locked l WHERE j.id = l.id;
 
--- name: claim_attempt
--- An attempt runs only if it is still the job's current one and nobody started it.
+-- name: claim_attempts
+-- Claims attempts ($1 job ids, $2 their attempt numbers) for worker $3 with a lease of $4 s.
+-- An attempt runs only if it is still the job's current one and nobody started it: each
+-- row is fenced on its own, so a stale, duplicate or stopped attempt in the batch is
+-- simply absent from the answer. A worker claims the attempts arq started together in
+-- one statement (blogqueue.worker.Claims). Rows are locked in id order, like dispatch and
+-- stop_jobs, so concurrent multi-row writers cannot deadlock.
 -- It also returns what model resolution needs (the user's preferred model and stored key
--- ciphertexts, as `ai_resolve`): one round trip instead of two per job (issue #14).
-WITH claimed AS (
-    UPDATE bq_jobs SET status = 'running', worker_id = $3,
+-- ciphertexts, as `ai_resolve`): no second round trip per job (issue #14).
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, attempt)
+), locked AS (
+    SELECT j.id FROM bq_jobs j JOIN wanted w ON w.id = j.id AND w.attempt = j.attempt
+    WHERE j.status = 'dispatched' AND NOT j.cancel_requested
+    ORDER BY j.id FOR UPDATE OF j
+), claimed AS (
+    UPDATE bq_jobs j SET status = 'running', worker_id = $3,
         lease_until = now() + make_interval(secs => $4),
-        started_at = coalesce(started_at, now()), updated_at = now()
-    WHERE id = $1 AND attempt = $2 AND status = 'dispatched' AND NOT cancel_requested
-    RETURNING *
+        started_at = coalesce(j.started_at, now()), updated_at = now()
+    FROM locked l JOIN wanted w ON w.id = l.id
+    WHERE j.id = l.id AND j.attempt = w.attempt AND j.status = 'dispatched' AND NOT j.cancel_requested
+    RETURNING j.*
 ), ev AS (
     INSERT INTO bq_job_events (job_id, attempt, event, detail)
     SELECT id, attempt, 'started', jsonb_build_object('worker', worker_id) FROM claimed
