@@ -64,7 +64,7 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **
         "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS run_s FROM bq_jobs")
     hot = _stop_profiler(spy) if spy else None
     bench.stop_workers()
-    cycles, dispatched = _dispatcher_counts(bench.logdir)
+    cycles, dispatched, claims = _dispatcher_counts(bench.logdir)
     # The workers' own heartbeats and the benchmark's polling are in this count too: an upper bound.
     return {"system": "blogqueue", "workers": workers, "concurrency": s.worker_concurrency,
             "prefetch": s.dispatch_prefetch, "jobs": jobs, "done": done, "wall_s": t1 - t0,
@@ -72,6 +72,7 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **
             "run_jobs_per_s": jobs / span["run_s"] if span["run_s"] else None,
             "pg_xacts_per_job": (xacts1 - xacts0) / jobs,
             "dispatch_cycles": cycles, "jobs_per_dispatch_cycle": dispatched / cycles if cycles else None,
+            "claim_statements": claims, "jobs_per_claim": jobs / claims if claims else None,
             "machine_cpu_busy_pct": 100 * (cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]),
             "worker_cpu_ms_per_job": 1000 * (wcpu1 - wcpu0) / jobs,
             "postgres_cpu_ms_per_job": 1000 * pg_cpu / jobs,
@@ -114,14 +115,24 @@ async def run_arq(redis_url: str, workers: int, jobs: int) -> dict[str, Any]:
             "wall_s": wall, "jobs_per_s": jobs / wall}
 
 
-def _dispatcher_counts(logdir: Path) -> tuple[int, int]:
-    """Cycles and dispatched jobs from the workers' stop lines (only the leader's are non-zero)."""
-    cycles = dispatched = 0
+def _dispatcher_counts(logdir: Path) -> tuple[int, int, int]:
+    """Dispatch cycles, dispatched jobs (only the leader's are non-zero) and claim statements
+    from the workers' stop lines."""
+    cycles = dispatched = claims = 0
     for log in logdir.glob("worker-*.log"):
-        for m in re.finditer(r"dispatcher ran (\d+) cycles, dispatched (\d+)", log.read_text(errors="replace")):
-            cycles, dispatched = cycles + int(m.group(1)), dispatched + int(m.group(2))
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if "worker stopped" in line:
+                cycles += _field(line, "dispatcher_cycles")
+                dispatched += _field(line, "dispatched")
+                claims += _field(line, "claim_statements")
         log.unlink()  # the next case starts its own logs
-    return cycles, dispatched
+    return cycles, dispatched, claims
+
+
+def _field(line: str, name: str) -> int:
+    m = re.search(rf"\b{name}\W+(\d+)", line)
+    return int(m.group(1)) if m else 0
 
 
 def _spawn_arq(redis_url: str, queue: str, health_key: str) -> subprocess.Popen[bytes]:
@@ -199,10 +210,10 @@ async def main() -> None:
             r["ratio_to_arq"] = r["jobs_per_s"] / arq_rate[r["workers"]]
     table(f"Engine overhead: {args.jobs:,} jobs, offline provider (0 ms), publisher none",
           ["system", "workers", "max_jobs", "wall s", "jobs/s", "vs arq", "PG xacts/job", "CPU busy %",
-           "worker CPU ms/job", "PG CPU ms/job", "jobs/cycle", "in flight/cap"],
+           "worker CPU ms/job", "PG CPU ms/job", "jobs/cycle", "jobs/claim", "in flight/cap"],
           [[r["system"], r["workers"], r["concurrency"], r["wall_s"], r["jobs_per_s"], r.get("ratio_to_arq"),
             r.get("pg_xacts_per_job"), r.get("machine_cpu_busy_pct"), r.get("worker_cpu_ms_per_job"),
-            r.get("postgres_cpu_ms_per_job"), r.get("jobs_per_dispatch_cycle"),
+            r.get("postgres_cpu_ms_per_job"), r.get("jobs_per_dispatch_cycle"), r.get("jobs_per_claim"),
             f"{r['mean_inflight']:.1f}/{r['capacity']}" if r.get("mean_inflight") is not None else None]
            for r in rows])
     for r in rows:

@@ -61,6 +61,7 @@ log = structlog.get_logger("blogqueue.dispatcher")
 TASK_NAME = "run_attempt"
 PROMOTE_BATCH = 5000
 REAP_BATCH = 1000
+MIN_CYCLE_INTERVAL = 0.01  # seconds between dispatch cycles at most; see Dispatcher._lead
 
 # What ends a leadership term without being a bug: PostgreSQL or Redis unreachable, a
 # statement that timed out on a dead peer, the connection ended by a takeover.
@@ -91,6 +92,7 @@ class Dispatcher:
         self._listening = False
         self._renewed_at = 0.0  # monotonic time of the last renewal that was sent and succeeded
         self._lease_deadline = 0.0  # monotonic: past this, this process cannot be sure it leads
+        self._cycle_mono = 0.0  # monotonic start of the last cycle
 
     @property
     def is_leader(self) -> bool:
@@ -222,7 +224,15 @@ class Dispatcher:
             await self._renew_if_due()
             if not self.is_leader:
                 return
+            # Every finished attempt wakes the leader (NOTIFY). Under load, a cycle per wake-up
+            # would hand out one or two attempts per transaction; cycles at most every
+            # MIN_CYCLE_INTERVAL hand out what freed up meanwhile in one (issue #14). The
+            # workers' prefetch keeps them busy in between; an idle leader starts at once.
+            pause = self._cycle_mono + MIN_CYCLE_INTERVAL - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._wake.clear()
+            self._cycle_mono = time.monotonic()
             filled = await self.cycle()
             # A cycle that filled every free slot may have left more to do at once.
             if not filled:
@@ -251,22 +261,29 @@ class Dispatcher:
         Every write is fenced by the epoch: a dispatcher that is not (or no longer) the
         leader changes nothing and hands nothing out.
         """
-        s = self.settings
         epoch = self.epoch
         if epoch is None:
             return False
         self.cycles += 1
         self.last_cycle_at = time.time()
-        # Bounded: a leader stuck waiting for a pooled connection would hold a lease it cannot use.
-        async with self.pool.acquire(timeout=max(5.0, s.lease_seconds)) as conn:
+        # Shielded: a shutdown that cancels the dispatcher between the committed UPDATE and
+        # the push would leave attempts marked dispatched that no queue holds until their
+        # lease lapses (and an attempt number spent). The hand-off finishes on its own.
+        return await asyncio.shield(self._cycle(epoch))
+
+    async def _cycle(self, epoch: int) -> bool:
+        s = self.settings
+        # One transaction for the whole cycle (promote, reap, capacity, choice, dispatch): one
+        # commit instead of six (issue #14). Each statement still reads what the ones before it
+        # wrote (READ COMMITTED), and every write stays fenced by the epoch. Bounded: a leader
+        # stuck waiting for a pooled connection would hold a lease it cannot use.
+        async with self.pool.acquire(timeout=max(5.0, s.lease_seconds)) as conn, conn.transaction():
             await conn.execute(Q["promote_scheduled"], PROMOTE_BATCH, s.queue_name, epoch)
             reaped = await conn.fetch(Q["reap_leases"], s.max_attempts, REAP_BATCH, s.queue_name, epoch)
             if reaped:
                 log.info("dispatcher: lapsed leases returned to the queue", reaped=len(reaped),
                          failed=sum(r["status"] == "failed" for r in reaped), epoch=epoch)
-            cap = await conn.fetchrow(Q["live_capacity"], s.queue_name, s.heartbeat_seconds * 3)
-            inflight = await conn.fetchval(Q["inflight_total"])
-            free = cap["capacity"] - inflight
+            free = await conn.fetchval(Q["free_capacity"], s.queue_name, s.heartbeat_seconds * 3)
             if free <= 0:
                 return False
             # Only kinds a live worker knows (bq_workers.kinds): others stay queued, never failed.
@@ -274,19 +291,11 @@ class Dispatcher:
                                       s.queue_name, s.heartbeat_seconds * 3)
             if not picked:
                 return False
-        # Shielded: a shutdown that cancels the dispatcher between the committed UPDATE and
-        # the push would leave attempts marked dispatched that no queue holds until their
-        # lease lapses (and an attempt number spent). The hand-off finishes on its own.
-        handed = await asyncio.shield(self._hand_out([r["id"] for r in picked], epoch))
-        return handed == free
-
-    async def _hand_out(self, ids: list[Any], epoch: int) -> int:
-        """Marks the picked jobs dispatched and pushes them to arq; returns how many."""
-        s = self.settings
-        rows = await self.pool.fetch(Q["dispatch"], ids, s.lease_seconds, s.queue_name, epoch)
+            rows = await conn.fetch(Q["dispatch"], [r["id"] for r in picked], s.lease_seconds, s.queue_name, epoch)
+        # Pushed once committed: a worker that claims an attempt must find it dispatched.
         await self._push(rows)
         self.dispatched += len(rows)
-        return len(rows)
+        return len(rows) == free
 
     async def _push(self, rows: list[asyncpg.Record]) -> None:
         """Hands attempts to arq in one Redis round trip.

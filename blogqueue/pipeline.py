@@ -11,9 +11,10 @@ job, invariant 3 kept):
   `run.publish`, `run.write_back`, or `run.mark_effect()`) has its output
   written as soon as it returns, before the next stage starts;
 - a stage that made none (fetching the source, a skipped image) is cheap to
-  run again, so its output waits for the next write: the one before the next
-  paid call or side effect starts (which also shows that stage as the job's
-  `stage`), a paid stage's checkpoint, or the attempt's finish;
+  run again, so its output waits for the next write: a paid stage's
+  checkpoint, or the attempt's finish. When a later stage's call is still
+  running after SHOW_STAGE_AFTER seconds, they are written then (which also
+  shows that stage as the job's `stage`): the shown stage lags by at most that;
 - the last stage's output is written by the attempt's finish, in the same
   statement (`finish_attempt`): nothing runs between the two. Unless that
   stage had an external side effect (a publisher's delivery, `mark_effect()`):
@@ -28,10 +29,13 @@ one `stage_done` event per stage, in stage order. A stage raises
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import structlog
 
 from . import ratelimit
 from .db import Q
@@ -43,6 +47,11 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .app import App
+
+# Seconds a paid call or side effect may run before the outputs of free stages before it are
+# written anyway (see the module's docstring): zero-latency calls never wait for that write,
+# slow ones show their stage soon.
+SHOW_STAGE_AFTER = 0.25
 
 
 class StaleAttempt(Exception):
@@ -98,6 +107,8 @@ class Run:
         self._unsaved: list[tuple[str, dict[str, Any]]] = []  # finished stages not written yet, in order
         self._effect = False  # the running stage made a paid call or a side effect
         self._external = False  # ... and that was an external side effect (see run_pipeline)
+        self._write_lock = asyncio.Lock()  # one checkpoint write at a time
+        self._late: asyncio.Task[None] | None = None  # the pending write of SHOW_STAGE_AFTER
 
     # -- provider calls ------------------------------------------------------------
 
@@ -158,19 +169,46 @@ class Run:
 
     async def mark_effect(self) -> None:
         """Call before a paid call or side effect this stage makes by other means than
-        `run.text`, `run.image`, `run.publish` or `run.write_back` (which call it).
-
-        The outputs of earlier stages still waiting to be written are saved first (so a
-        paid call never starts before them), and this stage's output is saved as soon as
-        it returns instead of waiting for the next write.
+        `run.text`, `run.image`, `run.publish` or `run.write_back` (which call it): this
+        stage's output is then saved as soon as it returns, on its own, before the next
+        stage or the finish.
         """
-        self._effect = self._external = True
+        self._external = True
         await self._before_call()
 
     async def _before_call(self) -> None:
         self._effect = True
-        if self._unsaved:
-            await self._checkpoint(following=self.stage)
+        if self._unsaved and self._late is None:
+            self._late = asyncio.create_task(self._write_late(self.stage))
+
+    async def _write_late(self, stage: str) -> None:
+        """Writes the outputs still unsaved when the call has run SHOW_STAGE_AFTER seconds."""
+        await asyncio.sleep(SHOW_STAGE_AFTER)
+        # Shielded: once started, the write completes (the stage's end waits on the lock).
+        await asyncio.shield(self._write_unsaved(stage))
+
+    async def _write_unsaved(self, following: str) -> None:
+        async with self._write_lock:
+            if not self._unsaved:
+                return
+            try:
+                await self._checkpoint(following)
+            except StaleAttempt:
+                pass  # the stage's own checkpoint or the finish finds that out and stops
+            except Exception as exc:  # e.g. the database away for a moment: the next write takes them
+                structlog.get_logger("blogqueue.pipeline").warning(
+                    "could not write earlier stages early; they go with the next write",
+                    error=type(exc).__name__)
+
+    async def _settle_late_write(self) -> None:
+        """At a stage's end: drops the early write if it has not started, else waits for it."""
+        late, self._late = self._late, None
+        if late is not None:
+            late.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await late
+        async with self._write_lock:
+            pass
 
     async def _before_delivery(self, publisher: Any) -> None:
         # A publisher that declares `side_effects = False` (`none`: the result stays in
@@ -238,7 +276,12 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
             raise StopRequested
         run.stage = name
         run._effect = run._external = False
-        output = await stage(run)
+        try:
+            output = await stage(run)
+        finally:
+            # Before anything else writes (this stage's checkpoint, the finish), the early write
+            # of earlier outputs (SHOW_STAGE_AFTER) is either dropped or done.
+            await asyncio.shield(run._settle_late_write())
         if not isinstance(output, dict):
             raise FatalError(f"stage {name!r} of kind {kind.name!r} returned {type(output).__name__}, not a dict",
                              code="bad_stage_output")

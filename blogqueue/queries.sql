@@ -169,14 +169,13 @@ WITH lead AS (
 )
 SELECT id, attempt, status FROM upd;
 
--- name: live_capacity
-SELECT coalesce(sum(concurrency + prefetch), 0)::int AS capacity, count(*)::int AS workers
-FROM bq_workers
-WHERE queue_name = $1 AND stopped_at IS NULL
-  AND heartbeat_at > now() - make_interval(secs => $2);
-
--- name: inflight_total
-SELECT count(*)::int AS n FROM bq_jobs WHERE status IN ('dispatched', 'running');
+-- name: free_capacity
+-- Free in-flight slots: the live workers' concurrency plus prefetch ($1 queue, heartbeat
+-- within $2 s) minus the attempts dispatched or running.
+SELECT (SELECT coalesce(sum(concurrency + prefetch), 0) FROM bq_workers
+        WHERE queue_name = $1 AND stopped_at IS NULL
+          AND heartbeat_at > now() - make_interval(secs => $2))::int
+     - (SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running'))::int AS free;
 
 -- name: fair_candidates
 -- Weighted round robin as water-filling: every candidate gets the in-flight count

@@ -95,7 +95,8 @@ class WorkerRuntime:
             # Bounded: a worker shutting down because PostgreSQL vanished must not wait on it.
             await self.pool.execute(Q["stop_worker"], self.worker_id, timeout=2)
         log.info("worker stopped", worker=self.worker_id, done=self.done, failed=self.failed,
-                 dispatcher_cycles=self.dispatcher.cycles, dispatched=self.dispatcher.dispatched)
+                 dispatcher_cycles=self.dispatcher.cycles, dispatched=self.dispatcher.dispatched,
+                 claim_statements=self.claims.statements)
 
     async def _listen(self) -> None:
         """Stop requests arrive by NOTIFY; heartbeats catch any that were missed.
