@@ -171,8 +171,9 @@ SELECT id, attempt, status FROM upd;
 
 -- name: free_capacity
 -- Free in-flight slots: the live workers' concurrency plus prefetch ($1 queue, heartbeat
--- within $2 s) minus the attempts dispatched or running.
-SELECT (SELECT coalesce(sum(concurrency + prefetch), 0) FROM bq_workers
+-- within $2 s) minus the attempts dispatched or running; `waiting`: is work queued?
+SELECT EXISTS (SELECT 1 FROM bq_jobs WHERE status = 'queued') AS waiting,
+       (SELECT coalesce(sum(concurrency + prefetch), 0) FROM bq_workers
         WHERE queue_name = $1 AND stopped_at IS NULL
           AND heartbeat_at > now() - make_interval(secs => $2))::int
      - (SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running'))::int AS free;
@@ -339,10 +340,11 @@ WITH cur AS (
         UNION ALL
         SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb, 2147483647::bigint FROM upd
     ) e ORDER BY e.ord
-), wake AS (
-    SELECT pg_notify('blogqueue_dispatch', 'slot') FROM upd
 )
-SELECT u.id, u.status, u.run_at, (SELECT count(*) FROM wake) AS woke FROM upd u;
+-- No NOTIFY here: PostgreSQL runs a transaction in every listening backend per notification,
+-- which cost three transactions per finished job; the leader polls while work waits instead
+-- (blogqueue.dispatcher, issue #14).
+SELECT u.id, u.status, u.run_at FROM upd u;
 
 -- name: register_worker
 -- $7: the kinds this worker's app registers (it runs only those).
