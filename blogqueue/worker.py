@@ -389,7 +389,13 @@ async def _startup(ctx: dict[str, Any]) -> None:
         configure(settings)
     app: App = ctx.get("app") or load(settings.app)
     app.check(settings)
-    pool = await db.create_pool(settings, max_size=max(settings.db_pool_size, settings.worker_concurrency // 2 + 4))
+    # The dispatcher's cycle is one transaction (several statements): a leader frozen inside it
+    # (SIGSTOP, a partition) would hold the lease row and job rows locked, so no follower could
+    # take over. PostgreSQL ends such a session after a quarter lease idle in its transaction.
+    idle_ms = max(500, int(settings.lease_seconds * 250))
+    pool = await db.create_pool(settings, max_size=max(settings.db_pool_size, settings.worker_concurrency // 2 + 4),
+                                server_settings={**db.server_settings(settings),
+                                                 "idle_in_transaction_session_timeout": str(idle_ms)})
     runtime = WorkerRuntime(settings, pool, Dispatcher(settings, pool, ctx["redis"], holder=new_worker_id()), app)
     ctx["blogqueue"] = runtime
     await runtime.start()
