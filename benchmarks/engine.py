@@ -35,17 +35,32 @@ from arq.constants import expires_extra_ms, job_key_prefix
 from arq.jobs import serialize_job
 
 TENANTS = 10
+STATS_FLUSH_S = 1.5  # PostgreSQL backends report transaction counts at most once a second
 
 
 async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **tuning: Any) -> dict[str, Any]:
     s = await bench.reset(**tuning)
     procs = await bench.start_workers(workers)
+    await asyncio.sleep(STATS_FLUSH_S)  # the workers' start-up transactions reach the statistics first
+    own: collections.Counter[str] = collections.Counter()  # this script's own statements (polling), taken off the count
+
+    async def in_flight() -> int:
+        own["polls"] += 1
+        n: int = await bench.pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running')")
+        return n
+
+    async def finished() -> bool:
+        own["polls"] += 1
+        n = await bench.pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status IN ('done', 'failed', 'cancelled')")
+        if any(not w.alive() for w in procs):
+            raise RuntimeError(f"a worker died; see {bench.logdir}")
+        return bool(n >= jobs)
+
     xacts0 = await bench.xact_count()
     spy = _start_profiler(procs[0].pid, bench.logdir) if profile else None
     if spy:
         await asyncio.sleep(1.0)  # py-spy needs a moment to attach before the load starts
-    inflight = Sampler(lambda: bench.pool.fetchval(
-        "SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running')"), 0.1).start()
+    inflight = Sampler(in_flight, 0.1).start()
     pg0 = {pid: proc_cpu_s(pid) for pid in await bench.backend_pids()}
     cpu0, wcpu0 = cpu_times(), sum(proc_cpu_s(p.pid) for p in procs)
     t0 = time.monotonic()
@@ -53,10 +68,13 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **
     for t in range(TENANTS):
         await bench.enqueue(f"tenant-{t}", per + (jobs % TENANTS if t == 0 else 0))
     t_enq = time.monotonic()
-    t1 = await bench.wait_finished(jobs, timeout=max(120, jobs / 20))
+    enqueues = sum(-(-(per + (jobs % TENANTS if t == 0 else 0)) // s.max_batch_size) for t in range(TENANTS))
+    await wait_for(finished, timeout=max(120, jobs / 20), interval=0.02, what=f"{jobs} jobs to finish")
+    t1 = time.monotonic()
     cpu1, wcpu1 = cpu_times(), sum(proc_cpu_s(p.pid) for p in procs)
     # Backends opened during the run started from zero; ones closed during it are missed (pools keep theirs).
     pg_cpu = sum(proc_cpu_s(pid) - pg0.get(pid, 0.0) for pid in await bench.backend_pids())
+    await asyncio.sleep(STATS_FLUSH_S)  # a backend reports its counts up to a second late
     xacts1 = await bench.xact_count()
     samples = await inflight.stop()
     done = await bench.count("done")
@@ -64,14 +82,17 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **
         "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS run_s FROM bq_jobs")
     hot = _stop_profiler(spy) if spy else None
     bench.stop_workers()
-    cycles, dispatched = _dispatcher_counts(bench.logdir)
+    cycles, dispatched, claims = _dispatcher_counts(bench.logdir)
     # The workers' own heartbeats and the benchmark's polling are in this count too: an upper bound.
     return {"system": "blogqueue", "workers": workers, "concurrency": s.worker_concurrency,
             "prefetch": s.dispatch_prefetch, "jobs": jobs, "done": done, "wall_s": t1 - t0,
             "enqueue_s": t_enq - t0, "jobs_per_s": jobs / (t1 - t0),
             "run_jobs_per_s": jobs / span["run_s"] if span["run_s"] else None,
-            "pg_xacts_per_job": (xacts1 - xacts0) / jobs,
+            # Every client's transactions on the database during the run (the workers' heartbeats
+            # included) minus this script's own: its polls and the enqueues (one per batch).
+            "pg_xacts_per_job": (xacts1 - xacts0 - own["polls"] - enqueues) / jobs,
             "dispatch_cycles": cycles, "jobs_per_dispatch_cycle": dispatched / cycles if cycles else None,
+            "claim_statements": claims, "jobs_per_claim": jobs / claims if claims else None,
             "machine_cpu_busy_pct": 100 * (cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]),
             "worker_cpu_ms_per_job": 1000 * (wcpu1 - wcpu0) / jobs,
             "postgres_cpu_ms_per_job": 1000 * pg_cpu / jobs,
@@ -114,14 +135,24 @@ async def run_arq(redis_url: str, workers: int, jobs: int) -> dict[str, Any]:
             "wall_s": wall, "jobs_per_s": jobs / wall}
 
 
-def _dispatcher_counts(logdir: Path) -> tuple[int, int]:
-    """Cycles and dispatched jobs from the workers' stop lines (only the leader's are non-zero)."""
-    cycles = dispatched = 0
+def _dispatcher_counts(logdir: Path) -> tuple[int, int, int]:
+    """Dispatch cycles, dispatched jobs (only the leader's are non-zero) and claim statements
+    from the workers' stop lines."""
+    cycles = dispatched = claims = 0
     for log in logdir.glob("worker-*.log"):
-        for m in re.finditer(r"dispatcher ran (\d+) cycles, dispatched (\d+)", log.read_text(errors="replace")):
-            cycles, dispatched = cycles + int(m.group(1)), dispatched + int(m.group(2))
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if "worker stopped" in line:
+                cycles += _field(line, "dispatcher_cycles")
+                dispatched += _field(line, "dispatched")
+                claims += _field(line, "claim_statements")
         log.unlink()  # the next case starts its own logs
-    return cycles, dispatched
+    return cycles, dispatched, claims
+
+
+def _field(line: str, name: str) -> int:
+    m = re.search(rf"\b{name}\W+(\d+)", line)
+    return int(m.group(1)) if m else 0
 
 
 def _spawn_arq(redis_url: str, queue: str, health_key: str) -> subprocess.Popen[bytes]:
@@ -164,8 +195,10 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
         for f in set(frames):
             inclusive[f] += n
         leaf[_module(frames[-1])] += n
+    ours = collections.Counter({f: n for f, n in inclusive.items() if "blogqueue/" in f or "arq/" in f})
     return {"samples": total,
             "inclusive": [(f, round(100 * n / total, 1)) for f, n in inclusive.most_common(top)],
+            "ours": [(f, round(100 * n / total, 1)) for f, n in ours.most_common(2 * top)],
             "self_by_file": [(f, round(100 * n / total, 1)) for f, n in leaf.most_common(top)]}
 
 
@@ -199,10 +232,10 @@ async def main() -> None:
             r["ratio_to_arq"] = r["jobs_per_s"] / arq_rate[r["workers"]]
     table(f"Engine overhead: {args.jobs:,} jobs, offline provider (0 ms), publisher none",
           ["system", "workers", "max_jobs", "wall s", "jobs/s", "vs arq", "PG xacts/job", "CPU busy %",
-           "worker CPU ms/job", "PG CPU ms/job", "jobs/cycle", "in flight/cap"],
+           "worker CPU ms/job", "PG CPU ms/job", "jobs/cycle", "jobs/claim", "in flight/cap"],
           [[r["system"], r["workers"], r["concurrency"], r["wall_s"], r["jobs_per_s"], r.get("ratio_to_arq"),
             r.get("pg_xacts_per_job"), r.get("machine_cpu_busy_pct"), r.get("worker_cpu_ms_per_job"),
-            r.get("postgres_cpu_ms_per_job"), r.get("jobs_per_dispatch_cycle"),
+            r.get("postgres_cpu_ms_per_job"), r.get("jobs_per_dispatch_cycle"), r.get("jobs_per_claim"),
             f"{r['mean_inflight']:.1f}/{r['capacity']}" if r.get("mean_inflight") is not None else None]
            for r in rows])
     for r in rows:
@@ -211,6 +244,7 @@ async def main() -> None:
             table(f"py-spy, one of {r['workers']} workers ({prof['samples']} samples): self time by file",
                   ["file", "% samples"], prof["self_by_file"])
             table("inclusive time by frame", ["frame", "% samples"], prof["inclusive"])
+            table("inclusive time, blogqueue and arq frames", ["frame", "% samples"], prof.get("ours", []))
     write_result("engine", {"jobs": args.jobs, "tenants": TENANTS, "results": rows})
 
 

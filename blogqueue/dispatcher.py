@@ -2,8 +2,12 @@
 
 One runs inside every worker process; a lease in PostgreSQL (`bq_leader`, one row
 per queue) makes one of them the leader, and the others watch it to take over.
-The leader wakes on NOTIFY (`blogqueue_dispatch`: an enqueue, a finished
-attempt) or after `DISPATCH_POLL_SECONDS`, and each cycle:
+The leader wakes on NOTIFY (`blogqueue_dispatch`: an enqueue) or after
+`DISPATCH_POLL_SECONDS`; while queued work waits for free slots it looks again
+every 10 ms, backing off to 250 ms while nothing frees up (a finished attempt
+sends no NOTIFY: each costs a transaction in every listening backend). Cycles
+run at most every 10 ms, so one hands out what freed up meanwhile. Each cycle,
+in one transaction:
 
 1. promotes scheduled work whose `run_at` has come;
 2. returns work whose lease lapsed to the queue (a killed worker, a flushed Redis);
@@ -61,6 +65,8 @@ log = structlog.get_logger("blogqueue.dispatcher")
 TASK_NAME = "run_attempt"
 PROMOTE_BATCH = 5000
 REAP_BATCH = 1000
+MIN_CYCLE_INTERVAL = 0.01  # seconds between dispatch cycles at most; see Dispatcher._lead
+BACKLOG_POLL_MAX = 0.25  # seconds: the longest look-again while queued work waits for a slot
 
 # What ends a leadership term without being a bug: PostgreSQL or Redis unreachable, a
 # statement that timed out on a dead peer, the connection ended by a takeover.
@@ -91,6 +97,9 @@ class Dispatcher:
         self._listening = False
         self._renewed_at = 0.0  # monotonic time of the last renewal that was sent and succeeded
         self._lease_deadline = 0.0  # monotonic: past this, this process cannot be sure it leads
+        self._cycle_mono = 0.0  # monotonic start of the last cycle
+        self.backlog = False  # the last cycle left queued work for lack of free slots
+        self._backlog_wait = MIN_CYCLE_INTERVAL
 
     @property
     def is_leader(self) -> bool:
@@ -222,12 +231,30 @@ class Dispatcher:
             await self._renew_if_due()
             if not self.is_leader:
                 return
+            # Every finished attempt wakes the leader (NOTIFY). Under load, a cycle per wake-up
+            # would hand out one or two attempts per transaction; cycles at most every
+            # MIN_CYCLE_INTERVAL hand out what freed up meanwhile in one (issue #14). The
+            # workers' prefetch keeps them busy in between; an idle leader starts at once.
+            pause = self._cycle_mono + MIN_CYCLE_INTERVAL - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._wake.clear()
+            self._cycle_mono = time.monotonic()
+            dispatched_before = self.dispatched
             filled = await self.cycle()
             # A cycle that filled every free slot may have left more to do at once.
             if not filled:
                 until_renewal = self._renewed_at + s.heartbeat_seconds - time.monotonic()
-                await self._sleep(max(0.0, min(s.dispatch_poll_seconds, until_renewal)))
+                wait = min(s.dispatch_poll_seconds, until_renewal)
+                if self.backlog:
+                    # Finished attempts send no NOTIFY (it cost a transaction in every listening
+                    # backend per job): while work waits for slots, look again soon, backing off
+                    # to BACKLOG_POLL_MAX while nothing frees up (the workers' prefetch covers it).
+                    wait = min(wait, self._backlog_wait)
+                    self._backlog_wait = min(BACKLOG_POLL_MAX, self._backlog_wait * 2)
+                await self._sleep(max(0.0, wait))
+            if self.dispatched != dispatched_before:
+                self._backlog_wait = MIN_CYCLE_INTERVAL
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -251,42 +278,46 @@ class Dispatcher:
         Every write is fenced by the epoch: a dispatcher that is not (or no longer) the
         leader changes nothing and hands nothing out.
         """
-        s = self.settings
         epoch = self.epoch
         if epoch is None:
             return False
         self.cycles += 1
         self.last_cycle_at = time.time()
-        # Bounded: a leader stuck waiting for a pooled connection would hold a lease it cannot use.
-        async with self.pool.acquire(timeout=max(5.0, s.lease_seconds)) as conn:
+        # Shielded: a shutdown that cancels the dispatcher between the committed UPDATE and
+        # the push would leave attempts marked dispatched that no queue holds until their
+        # lease lapses (and an attempt number spent). The hand-off finishes on its own.
+        return await asyncio.shield(self._cycle(epoch))
+
+    async def _cycle(self, epoch: int) -> bool:
+        s = self.settings
+        # One transaction for the whole cycle (promote, reap, capacity, choice, dispatch): one
+        # commit instead of six (issue #14). Each statement still reads what the ones before it
+        # wrote (READ COMMITTED), and every write stays fenced by the epoch. Bounded: a leader
+        # stuck waiting for a pooled connection would hold a lease it cannot use.
+        async with self.pool.acquire(timeout=max(5.0, s.lease_seconds)) as conn, conn.transaction():
             await conn.execute(Q["promote_scheduled"], PROMOTE_BATCH, s.queue_name, epoch)
             reaped = await conn.fetch(Q["reap_leases"], s.max_attempts, REAP_BATCH, s.queue_name, epoch)
             if reaped:
                 log.info("dispatcher: lapsed leases returned to the queue", reaped=len(reaped),
                          failed=sum(r["status"] == "failed" for r in reaped), epoch=epoch)
-            cap = await conn.fetchrow(Q["live_capacity"], s.queue_name, s.heartbeat_seconds * 3)
-            inflight = await conn.fetchval(Q["inflight_total"])
-            free = cap["capacity"] - inflight
+            cap = await conn.fetchrow(Q["free_capacity"], s.queue_name, s.heartbeat_seconds * 3)
+            free = cap["free"]
             if free <= 0:
+                # Full with work waiting: finishes free slots without telling anyone; look soon.
+                self.backlog = bool(cap["waiting"])
                 return False
             # Only kinds a live worker knows (bq_workers.kinds): others stay queued, never failed.
             picked = await conn.fetch(Q["fair_candidates"], free, s.max_inflight_per_tenant, str(self.cycles),
                                       s.queue_name, s.heartbeat_seconds * 3)
             if not picked:
+                self.backlog = False
                 return False
-        # Shielded: a shutdown that cancels the dispatcher between the committed UPDATE and
-        # the push would leave attempts marked dispatched that no queue holds until their
-        # lease lapses (and an attempt number spent). The hand-off finishes on its own.
-        handed = await asyncio.shield(self._hand_out([r["id"] for r in picked], epoch))
-        return handed == free
-
-    async def _hand_out(self, ids: list[Any], epoch: int) -> int:
-        """Marks the picked jobs dispatched and pushes them to arq; returns how many."""
-        s = self.settings
-        rows = await self.pool.fetch(Q["dispatch"], ids, s.lease_seconds, s.queue_name, epoch)
+            rows = await conn.fetch(Q["dispatch"], [r["id"] for r in picked], s.lease_seconds, s.queue_name, epoch)
+        # Pushed once committed: a worker that claims an attempt must find it dispatched.
         await self._push(rows)
         self.dispatched += len(rows)
-        return len(rows)
+        self.backlog = len(rows) == free  # there may be more to hand out as slots free up
+        return len(rows) == free
 
     async def _push(self, rows: list[asyncpg.Record]) -> None:
         """Hands attempts to arq in one Redis round trip.

@@ -1,9 +1,27 @@
 """The checkpoint loop, and `Run`: what every stage (built-in or yours) receives.
 
 A stage is `async def stage(run: blogqueue.Run) -> dict`. Its output is saved
-in `bq_job_stages` before the next stage starts, and a later attempt skips
-every stage that has a saved output (invariant 3), so a paid call whose
-result was saved is never made again. A stage raises
+in `bq_job_stages`, and a later attempt skips every stage that has a saved
+output (invariant 3), so a paid call whose result was saved is never made
+again.
+
+When a stage's output is written (issue #14: fewer PostgreSQL round trips per
+job, invariant 3 kept):
+- a stage that made a paid call or a side effect (`run.text`, `run.image`,
+  `run.publish`, `run.write_back`, or `run.mark_effect()`) has its output
+  written as soon as it returns, before the next stage starts;
+- a stage that made none (fetching the source, a skipped image) is cheap to
+  run again, so its output waits for the next write: a paid stage's
+  checkpoint, or the attempt's finish. When a later stage's call is still
+  running after SHOW_STAGE_AFTER seconds, they are written then (which also
+  shows that stage as the job's `stage`): the shown stage lags by at most that;
+- the last stage's output is written by the attempt's finish, in the same
+  statement (`finish_attempt`): nothing runs between the two. Unless that
+  stage had an external side effect (a publisher's delivery, `mark_effect()`):
+  its acknowledgement is saved on its own first, so a crash while finishing
+  never sends the request again (tests/test_crash_publish.py).
+Every such write is fenced by the attempt like a single checkpoint, and writes
+one `stage_done` event per stage, in stage order. A stage raises
 `blogqueue.RetryableError` (try again on the retry schedule),
 `blogqueue.RateLimited` (wait, no attempt used) or `blogqueue.FatalError`
 (fail now, with its message as `last_error`).
@@ -11,11 +29,13 @@ result was saved is never made again. A stage raises
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import structlog
 
 from . import ratelimit, replay
 from .db import Q
@@ -27,6 +47,11 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .app import App
+
+# Seconds a paid call or side effect may run before the outputs of free stages before it are
+# written anyway (see the module's docstring): zero-latency calls never wait for that write,
+# slow ones show their stage soon.
+SHOW_STAGE_AFTER = 0.25
 
 
 class StaleAttempt(Exception):
@@ -69,7 +94,8 @@ class Run:
     """
 
     def __init__(self, job: dict[str, Any], *, app: App, settings: Settings, pool: asyncpg.Pool,
-                 outputs: dict[str, Any] | None = None) -> None:
+                 outputs: dict[str, Any] | None = None,
+                 stored: tuple[str | None, dict[str, str]] | None = None) -> None:
         self.job = job
         self.job_id = str(job["id"])
         self.tenant_id = str(job["tenant_id"])
@@ -85,6 +111,12 @@ class Run:
         self._resolved: Resolved | None = None
         self.lane: str = str(self.spec.get("lane") or "now")
         self._calls = replay.CallLedger(pool, job["id"], self.attempt)
+        self._stored = stored
+        self._unsaved: list[tuple[str, dict[str, Any]]] = []  # finished stages not written yet, in order
+        self._effect = False  # the running stage made a paid call or a side effect
+        self._external = False  # ... and that was an external side effect (see run_pipeline)
+        self._write_lock = asyncio.Lock()  # one checkpoint write at a time
+        self._late: asyncio.Task[None] | None = None  # the pending write of SHOW_STAGE_AFTER
 
     # -- provider calls ------------------------------------------------------------
 
@@ -98,7 +130,7 @@ class Run:
         names it, on its adapter's dimensions (the demo runs offline under the seeds' limits).
         """
         if self._resolved is None:
-            self._resolved = await resolve(self.job, self._settings, self._pool, self.app)
+            self._resolved = await resolve(self.job, self._settings, self._pool, self.app, stored=self._stored)
         r = self._resolved
         entry = self.app.providers[r.provider]
         adapter = self.app.provider_adapter(r.provider, self._settings)
@@ -108,6 +140,7 @@ class Run:
 
     async def text(self, system: str, prompt: str, *, max_tokens: int = 1500,
                    json_output: bool = False) -> TextResult:
+        await self._before_call()
         r, provider, limited, dims = await self._provider()
         request = TextRequest(model=r.model, prompt=prompt, system=system, max_tokens=max_tokens,
                               json_output=json_output)
@@ -119,6 +152,11 @@ class Run:
             return replay.text_from_json(kept)
         if self.lane == "batch":
             from .batchlane import text_call as batch_text_call  # the now-lane never imports it
+
+            # A parked job ends its attempt without a finish: the earlier stages' outputs still
+            # waiting for the next write (the module's docstring) are written before it parks,
+            # so the resumed attempt sends the same request and finds its stored answer.
+            await self._write_unsaved(self.stage)
 
             sent = await batch_text_call(self, r, request, n, digest)
             if sent is not None:  # its batch request came back: the answer, stored by the poller
@@ -137,6 +175,7 @@ class Run:
         return result
 
     async def image(self, prompt: str) -> str:
+        await self._before_call()
         r, provider, limited, _ = await self._provider()
         request, ctx = ImageRequest(model=r.model, prompt=prompt), self._ctx()
         self._calls.enter(self.stage)
@@ -164,13 +203,71 @@ class Run:
         return await ratelimit.limiter(self._settings).call(r.provider, r.api_key, cost, call, used=used,
                                                             info=info, tenant=self.tenant_id)
 
-    async def _checkpoint(self, name: str, output: dict[str, Any], following: str | None) -> None:
-        """Saves a stage's output while this attempt still owns the job; StaleAttempt if it does not."""
-        owned = await self._pool.fetchval(Q["save_stage"], self.job["id"], self.attempt, name, output, following)
+    # -- checkpoints ---------------------------------------------------------------
+
+    async def mark_effect(self) -> None:
+        """Call before a paid call or side effect this stage makes by other means than
+        `run.text`, `run.image`, `run.publish` or `run.write_back` (which call it): this
+        stage's output is then saved as soon as it returns, on its own, before the next
+        stage or the finish.
+        """
+        self._external = True
+        await self._before_call()
+
+    async def _before_call(self) -> None:
+        self._effect = True
+        if self._unsaved and self._late is None:
+            self._late = asyncio.create_task(self._write_late(self.stage))
+
+    async def _write_late(self, stage: str) -> None:
+        """Writes the outputs still unsaved when the call has run SHOW_STAGE_AFTER seconds."""
+        await asyncio.sleep(SHOW_STAGE_AFTER)
+        # Shielded: once started, the write completes (the stage's end waits on the lock).
+        await asyncio.shield(self._write_unsaved(stage))
+
+    async def _write_unsaved(self, following: str) -> None:
+        async with self._write_lock:
+            if not self._unsaved:
+                return
+            try:
+                await self._checkpoint(following)
+            except StaleAttempt:
+                pass  # the stage's own checkpoint or the finish finds that out and stops
+            except Exception as exc:  # e.g. the database away for a moment: the next write takes them
+                structlog.get_logger("blogqueue.pipeline").warning(
+                    "could not write earlier stages early; they go with the next write",
+                    error=type(exc).__name__)
+
+    async def _settle_late_write(self) -> None:
+        """At a stage's end: drops the early write if it has not started, else waits for it."""
+        late, self._late = self._late, None
+        if late is not None:
+            late.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await late
+        async with self._write_lock:
+            pass
+
+    async def _before_delivery(self, publisher: Any) -> None:
+        # A publisher that declares `side_effects = False` (`none`: the result stays in
+        # PostgreSQL) delivers nothing, so its stage needs no checkpoint of its own.
+        if getattr(publisher, "side_effects", True):
+            await self.mark_effect()
+
+    async def _checkpoint(self, following: str | None) -> None:
+        """Saves the unsaved stage outputs while this attempt still owns the job; StaleAttempt if it does not."""
+        names = [n for n, _ in self._unsaved]
+        owned = await self._pool.fetchval(Q["save_stages"], self.job["id"], self.attempt, names,
+                                          [o for _, o in self._unsaved], following)
         if not owned:
-            raise StaleAttempt(name)
-        self._calls.checkpointed()
-        self.outputs[name] = output
+            raise StaleAttempt(names[-1])
+        self._unsaved.clear()
+        if self.stage in names:  # the running stage's output is saved: its held answers need no write
+            self._calls.checkpointed()
+
+    def unsaved(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """Finished stages whose outputs are not written yet (names, outputs), for the attempt's finish."""
+        return [n for n, _ in self._unsaved], [o for _, o in self._unsaved]
 
     # -- the app's prompts, source and publisher -------------------------------------
 
@@ -185,11 +282,13 @@ class Run:
 
     async def publish(self, post: dict[str, Any], source: dict[str, Any] | None = None) -> dict[str, Any]:
         publisher, config = self.app.publisher_for(self._settings)
+        await self._before_delivery(publisher)
         out: dict[str, Any] = await publisher.publish(self.job, post, source or {}, config)
         return out
 
     async def write_back(self, rewrite: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
         publisher, config = self.app.publisher_for(self._settings)
+        await self._before_delivery(publisher)
         out: dict[str, Any] = await publisher.write_back(self.job, rewrite, product, config)
         return out
 
@@ -204,7 +303,9 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
     """Runs the unfinished stages of the job's kind in order; returns the job's result.
 
     Raises StaleAttempt when a checkpoint finds the attempt no longer owns the
-    job, and StopRequested when `should_stop` says stop at a boundary.
+    job, and StopRequested when `should_stop` says stop at a boundary. Outputs
+    still unsaved when it returns or raises (see the module's docstring) are
+    in `run.unsaved()`: the attempt's finish writes them.
     """
     kind = run.app.kinds[run.kind]
     names = kind.stage_names
@@ -214,6 +315,7 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
         if should_stop():
             raise StopRequested
         run.stage = name
+        run._effect = run._external = False
         try:
             output = await stage(run)
         except Exception:
@@ -221,9 +323,19 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
             with contextlib.suppress(Exception):
                 await run._calls.write_held()
             raise
+        finally:
+            # Before anything else writes (this stage's checkpoint, the finish), the early write
+            # of earlier outputs (SHOW_STAGE_AFTER) is either dropped or done.
+            await asyncio.shield(run._settle_late_write())
         if not isinstance(output, dict):
             raise FatalError(f"stage {name!r} of kind {kind.name!r} returned {type(output).__name__}, not a dict",
                              code="bad_stage_output")
+        run.outputs[name] = output
+        run._unsaved.append((name, output))
         following = names[i + 1] if i + 1 < len(names) else None
-        await run._checkpoint(name, output, following)
+        # The last stage's output goes with the finish (unless it delivered something: see the
+        # module's docstring); a stage without a paid call or a side effect waits for the next
+        # write. Only a paid stage's output is written here, now.
+        if (run._effect and following is not None) or run._external:
+            await run._checkpoint(following)
     return kind.result(run) if kind.result is not None else {n: run.outputs[n] for n in names}

@@ -194,14 +194,14 @@ WITH lead AS (
 )
 SELECT id, attempt, status FROM upd;
 
--- name: live_capacity
-SELECT coalesce(sum(concurrency + prefetch), 0)::int AS capacity, count(*)::int AS workers
-FROM bq_workers
-WHERE queue_name = $1 AND stopped_at IS NULL
-  AND heartbeat_at > now() - make_interval(secs => $2);
-
--- name: inflight_total
-SELECT count(*)::int AS n FROM bq_jobs WHERE status IN ('dispatched', 'running');
+-- name: free_capacity
+-- Free in-flight slots: the live workers' concurrency plus prefetch ($1 queue, heartbeat
+-- within $2 s) minus the attempts dispatched or running; `waiting`: is work queued?
+SELECT EXISTS (SELECT 1 FROM bq_jobs WHERE status = 'queued') AS waiting,
+       (SELECT coalesce(sum(concurrency + prefetch), 0) FROM bq_workers
+        WHERE queue_name = $1 AND stopped_at IS NULL
+          AND heartbeat_at > now() - make_interval(secs => $2))::int
+     - (SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running'))::int AS free;
 
 -- name: fair_candidates
 -- Weighted round robin as water-filling: every candidate gets the in-flight count
@@ -269,36 +269,62 @@ WITH locked AS (
 UPDATE bq_jobs j SET status = 'queued', lease_until = NULL, updated_at = now()
 FROM locked l WHERE j.id = l.id;
 
--- name: claim_attempt
--- An attempt runs only if it is still the job's current one and nobody started it.
-WITH claimed AS (
-    UPDATE bq_jobs SET status = 'running', worker_id = $3,
+-- name: claim_attempts
+-- Claims attempts ($1 job ids, $2 their attempt numbers) for worker $3 with a lease of $4 s.
+-- An attempt runs only if it is still the job's current one and nobody started it: each
+-- row is fenced on its own, so a stale, duplicate or stopped attempt in the batch is
+-- simply absent from the answer. A worker claims the attempts arq started together in
+-- one statement (blogqueue.worker.Claims). Rows are locked in id order, like dispatch and
+-- stop_jobs, so concurrent multi-row writers cannot deadlock.
+-- It also returns what model resolution needs (the user's preferred model and stored key
+-- ciphertexts, as `ai_resolve`): no second round trip per job (issue #14).
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, attempt)
+), locked AS (
+    SELECT j.id FROM bq_jobs j JOIN wanted w ON w.id = j.id AND w.attempt = j.attempt
+    WHERE j.status = 'dispatched' AND NOT j.cancel_requested
+    ORDER BY j.id FOR UPDATE OF j
+), claimed AS (
+    UPDATE bq_jobs j SET status = 'running', worker_id = $3,
         lease_until = now() + make_interval(secs => $4),
-        started_at = coalesce(started_at, now()), updated_at = now()
-    WHERE id = $1 AND attempt = $2 AND status = 'dispatched' AND NOT cancel_requested
-    RETURNING *
+        started_at = coalesce(j.started_at, now()), updated_at = now()
+    FROM locked l JOIN wanted w ON w.id = l.id
+    WHERE j.id = l.id AND j.attempt = w.attempt AND j.status = 'dispatched' AND NOT j.cancel_requested
+    RETURNING j.*
 ), ev AS (
     INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
     SELECT id, attempt, 'started', jsonb_build_object('worker', worker_id), 'running', stage FROM claimed
 )
 SELECT c.id, c.tenant_id, c.user_id, c.batch_id, c.kind, c.spec, c.model, c.attempt, c.failures,
        coalesce((SELECT jsonb_object_agg(s.stage, s.output) FROM bq_job_stages s
-                 WHERE s.job_id = c.id), '{}'::jsonb) AS stages
+                 WHERE s.job_id = c.id), '{}'::jsonb) AS stages,
+       (SELECT a.preferred_model FROM bq_ai_settings a
+        WHERE a.tenant_id = c.tenant_id AND a.user_id = coalesce(c.user_id, '')) AS ai_preferred_model,
+       coalesce((SELECT jsonb_object_agg(k.provider, k.ciphertext) FROM bq_provider_keys k
+                 WHERE k.tenant_id = c.tenant_id AND k.user_id = coalesce(c.user_id, '')), '{}'::jsonb)
+           AS ai_keys
 FROM claimed c;
 
--- name: save_stage
--- Checkpoint: the stage's output is kept only while this attempt still owns the job.
+-- name: save_stages
+-- Checkpoint: stage outputs ($3 names, $4 outputs, in stage order) are kept only while
+-- this attempt still owns the job; $5 is the stage that runs next (shown as the job's
+-- stage). Several stages at once: outputs of stages that made no paid call or side effect
+-- wait for the next write (blogqueue.pipeline), and one `stage_done` event per stage is
+-- written here, in stage order.
 WITH owner AS (
     SELECT id FROM bq_jobs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+), saved AS (
+    SELECT s.stage, s.output, s.ord FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS s(stage, output, ord)
 ), ins AS (
     INSERT INTO bq_job_stages (job_id, stage, attempt, output)
-    SELECT id, $3, $2, $4 FROM owner
+    SELECT o.id, s.stage, $2, s.output FROM owner o, saved s
     ON CONFLICT (job_id, stage) DO NOTHING
 ), upd AS (
     UPDATE bq_jobs j SET stage = $5, updated_at = now() FROM owner o WHERE j.id = o.id
 ), ev AS (
     INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
-    SELECT id, $2, 'stage_done', jsonb_build_object('stage', $3::text), 'running', $3 FROM owner
+    SELECT o.id, $2, 'stage_done', jsonb_build_object('stage', s.stage), 'running', s.stage
+    FROM owner o, saved s ORDER BY s.ord
 )
 SELECT count(*)::int AS owned FROM owner;
 
@@ -306,10 +332,19 @@ SELECT count(*)::int AS owned FROM owner;
 -- End of an attempt: $3 is the next state (done, failed, cancelled, scheduled for a
 -- retry, queued when released), $4 the failures it adds, $5 the retry delay.
 -- A job asked to stop is never put back in the queue: it ends cancelled.
+-- $11/$12: stage outputs not saved yet (the last stage's, and those of stages before it
+-- that made no paid call), saved by this same statement under the same fence, with their
+-- `stage_done` events before the finishing event; $13 the stage shown when not done.
 WITH cur AS (
     SELECT id, CASE WHEN cancel_requested AND $3 IN ('scheduled', 'queued') THEN 'cancelled' ELSE $3 END AS next
     FROM bq_jobs WHERE id = $1 AND attempt = $2 AND status = 'running'
     FOR UPDATE
+), saved AS (
+    SELECT s.stage, s.output, s.ord FROM unnest($11::text[], $12::jsonb[]) WITH ORDINALITY AS s(stage, output, ord)
+), ins AS (
+    INSERT INTO bq_job_stages (job_id, stage, attempt, output)
+    SELECT c.id, s.stage, $2, s.output FROM cur c, saved s
+    ON CONFLICT (job_id, stage) DO NOTHING
 ), upd AS (
     UPDATE bq_jobs j SET
         status = c.next,
@@ -318,19 +353,27 @@ WITH cur AS (
         last_error = CASE WHEN c.next <> $3 THEN 'stopped by request' ELSE coalesce($6, j.last_error) END,
         error_code = CASE WHEN c.next <> $3 THEN 'cancelled' ELSE coalesce($7, j.error_code) END,
         result = coalesce($8::jsonb, j.result),
-        stage = CASE WHEN c.next = 'done' THEN NULL ELSE j.stage END,
+        stage = CASE WHEN c.next = 'done' THEN NULL ELSE coalesce($13, j.stage) END,
         finished_at = CASE WHEN c.next IN ('done', 'failed', 'cancelled') THEN now() END,
         lease_until = NULL, worker_id = NULL, updated_at = now()
     FROM cur c WHERE j.id = c.id
     RETURNING j.id, j.attempt, j.status, j.run_at, c.next <> $3 AS diverted, j.failures, j.stage
 ), ev AS (
     INSERT INTO bq_job_events (job_id, attempt, event, detail, status, stage)
-    SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb,
-           bq_public_status(status, failures), coalesce($10::jsonb ->> 'stage', stage) FROM upd
-), wake AS (
-    SELECT pg_notify('blogqueue_dispatch', 'slot') FROM upd
+    SELECT e.id, e.attempt, e.event, e.detail, e.status, e.stage FROM (
+        SELECT u.id, u.attempt, 'stage_done' AS event, jsonb_build_object('stage', s.stage) AS detail,
+               'running' AS status, s.stage, s.ord
+        FROM upd u, saved s
+        UNION ALL
+        SELECT id, attempt, CASE WHEN diverted THEN 'cancelled' ELSE $9 END, $10::jsonb,
+               bq_public_status(status, failures), coalesce($10::jsonb ->> 'stage', stage), 2147483647::bigint
+        FROM upd
+    ) e ORDER BY e.ord
 )
-SELECT u.id, u.status, u.run_at, (SELECT count(*) FROM wake) AS woke FROM upd u;
+-- No NOTIFY here: PostgreSQL runs a transaction in every listening backend per notification,
+-- which cost three transactions per finished job; the leader polls while work waits instead
+-- (blogqueue.dispatcher, issue #14).
+SELECT u.id, u.status, u.run_at FROM upd u;
 
 -- name: register_worker
 -- $7: the kinds this worker's app registers (it runs only those).

@@ -32,8 +32,12 @@ class Resolved:
         return f"{self.provider}:{self.model}"
 
 
-async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool, app: App) -> Resolved:
-    preferred, stored = await aisettings.stored(pool, job["tenant_id"], job.get("user_id"))
+async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool, app: App, *,
+                  stored: tuple[str | None, dict[str, str]] | None = None) -> Resolved:
+    """`stored`: the user's preferred model and stored keys when the caller read them already
+    (the worker's claim does, to spare a round trip per job); else they are read here."""
+    preferred, keys = stored if stored is not None else await aisettings.stored(pool, job["tenant_id"],
+                                                                                 job.get("user_id"))
     model = job.get("model") or preferred or settings.default_model
     try:
         provider, name = app.validate_model(model)
@@ -42,10 +46,10 @@ async def resolve(job: dict[str, Any], settings: Settings, pool: asyncpg.Pool, a
     entry = app.providers[provider]
     if not entry.needs_key:
         return Resolved(provider, name)
-    if provider in stored:
+    if provider in keys:
         who = aisettings.owner(job["tenant_id"], job.get("user_id"), provider)
         try:
-            return Resolved(provider, name, secrets.decrypt(settings, stored[provider], who))
+            return Resolved(provider, name, secrets.decrypt(settings, keys[provider], who))
         except (secrets.DecryptError, secrets.SecretKeyMissing):
             raise FatalError(f"your stored {provider} key cannot be read on this server (its SECRET_KEY "
                              f"changed): store the key again in your AI settings", code="bad_api_key") from None

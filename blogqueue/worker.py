@@ -70,6 +70,7 @@ class WorkerRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._listen_conn: asyncpg.Connection | None = None
         self._status_mark = (time.monotonic(), 0, 0)
+        self.claims = Claims(pool, self.worker_id, settings.lease_seconds)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -99,7 +100,8 @@ class WorkerRuntime:
             # Bounded: a worker shutting down because PostgreSQL vanished must not wait on it.
             await self.pool.execute(Q["stop_worker"], self.worker_id, timeout=2)
         log.info("worker stopped", worker=self.worker_id, done=self.done, failed=self.failed,
-                 dispatcher_cycles=self.dispatcher.cycles, dispatched=self.dispatcher.dispatched)
+                 dispatcher_cycles=self.dispatcher.cycles, dispatched=self.dispatcher.dispatched,
+                 claim_statements=self.claims.statements)
 
     async def _listen(self) -> None:
         """Stop requests arrive by NOTIFY; heartbeats catch any that were missed.
@@ -197,9 +199,7 @@ class WorkerRuntime:
     # -- one attempt -----------------------------------------------------------
 
     async def run_attempt(self, job_id: str, attempt: int) -> str:
-        s = self.settings
-        row = await _retrying_db(self.pool.fetchrow, Q["claim_attempt"], uuid.UUID(job_id), attempt,
-                                 self.worker_id, s.lease_seconds)
+        row = await self.claims.claim(uuid.UUID(job_id), attempt)
         if row is None:
             return "stale"  # lapsed, duplicate, stopped or already run: invariant 2
         job = dict(row)
@@ -215,7 +215,9 @@ class WorkerRuntime:
             return await self._run(job_id, job)
 
     async def _run(self, job_id: str, job: dict[str, Any]) -> str:
-        run = Run(job, app=self.app, settings=self.settings, pool=self.pool, outputs=dict(job.pop("stages")))
+        stored = (job.pop("ai_preferred_model"), dict(job.pop("ai_keys")))  # read by the claim: see resolve()
+        run = Run(job, app=self.app, settings=self.settings, pool=self.pool, outputs=dict(job.pop("stages")),
+                  stored=stored)
         task = asyncio.create_task(run_pipeline(run, lambda: job_id in self.stop_requested))
         self.running[job_id] = task
         try:
@@ -224,13 +226,13 @@ class WorkerRuntime:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 # The worker is shutting down: give the attempt back, unpaid.
-                await asyncio.shield(self._finish(job, "queued", event="released"))
+                await asyncio.shield(self._finish(job, "queued", event="released", run=run))
                 raise
             if job_id in self.lost:
                 log.warning("attempt lost its lease; abandoned", stage=run.stage)
                 return "stale"
             return await self._finish(job, "cancelled", error="stopped by request", code="cancelled",
-                                      event="cancelled", detail={"stage": run.stage})
+                                      event="cancelled", detail={"stage": run.stage}, run=run)
         except Parked:
             return "parked"  # batch lane: the job waits for a provider batch, holding no slot
         except StaleAttempt:
@@ -240,21 +242,22 @@ class WorkerRuntime:
             # Our own database hiccuped (restart, terminated backend): not the job's fault.
             log.warning("database error; releasing the attempt", stage=run.stage, error=type(exc).__name__)
             return await self._finish(job, "scheduled", delay=1.0, event="released",
-                                      detail={"stage": run.stage, "reason": "database error"})
+                                      detail={"stage": run.stage, "reason": "database error"}, run=run)
         except Exception as exc:
-            return await self._failed(job, run.stage, exc)
+            return await self._failed(job, run, exc)
         finally:
             self.running.pop(job_id, None)
             self.stop_requested.discard(job_id)
             self.lost.discard(job_id)
-        return await self._finish(job, "done", result=result, event="done")
+        # The last stage's output (and any unsaved before it) is written by the finish itself.
+        return await self._finish(job, "done", result=result, event="done", run=run)
 
-    async def _failed(self, job: dict[str, Any], stage: str, exc: Exception) -> str:
-        s = self.settings
+    async def _failed(self, job: dict[str, Any], run: Run, exc: Exception) -> str:
+        s, stage = self.settings, run.stage
         if isinstance(exc, RateLimited):
             return await self._finish(job, "scheduled", delay=exc.retry_after, error=exc.message,
                                       code=exc.code, event="rate_limited",
-                                      detail={"stage": stage, "retry_after_s": exc.retry_after})
+                                      detail={"stage": stage, "retry_after_s": exc.retry_after}, run=run)
         if isinstance(exc, JobError):
             message, code = exc.message, exc.code
         else:
@@ -264,18 +267,23 @@ class WorkerRuntime:
         failures = job["failures"] + 1
         if isinstance(exc, FatalError) or failures >= s.max_attempts:
             return await self._finish(job, "failed", failures=1, error=message, code=code, event="failed",
-                                      detail={"stage": stage, "error": message})
+                                      detail={"stage": stage, "error": message}, run=run)
         base = s.retry_schedule[failures - 1]
         delay = base * (1 + random.uniform(-s.retry_jitter, s.retry_jitter))
         return await self._finish(job, "scheduled", failures=1, delay=delay, error=message, code=code,
                                   event="retry_scheduled",
-                                  detail={"stage": stage, "error": message, "delay_s": round(delay, 3)})
+                                  detail={"stage": stage, "error": message, "delay_s": round(delay, 3)}, run=run)
 
     async def _finish(self, job: dict[str, Any], status: str, *, failures: int = 0, delay: float = 0.0,
                       error: str | None = None, code: str | None = None, result: dict[str, Any] | None = None,
-                      event: str, detail: dict[str, Any] | None = None) -> str:
+                      event: str, detail: dict[str, Any] | None = None, run: Run | None = None) -> str:
+        # Stage outputs not written yet (the last stage's; earlier ones without a paid call)
+        # are saved by this same fenced statement: one round trip fewer per job, and a stale
+        # attempt's finish saves nothing. `following`: the stage a retry resumes at.
+        names, outputs = run.unsaved() if run is not None else ([], [])
+        following = run.stage if names and run is not None and run.stage != names[-1] else None
         row = await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], job["id"], job["attempt"], status,
-                                 failures, delay, error, code, result, event, detail)
+                                 failures, delay, error, code, result, event, detail, names, outputs, following)
         if row is None:
             log.info("attempt no longer owns the job; its finish was refused", stage=(detail or {}).get("stage"),
                      wanted=status)
@@ -285,6 +293,61 @@ class WorkerRuntime:
         elif row["status"] == "failed":
             self.failed += 1
         return row["status"]
+
+
+class Claims:
+    """Claims the attempts arq starts, several in one statement (`claim_attempts`).
+
+    Group commit: at most one claim statement per worker is in flight; attempts that
+    arrive meanwhile (arq starts the jobs of one poll one after another, a Redis round
+    trip apart) wait for it and are claimed together by the next one. An idle worker
+    claims at once; a busy one pays one round trip and one transaction for many
+    attempts instead of one each (issue #14). Each row is fenced on its own: a stale
+    attempt in a batch gets None and changes nothing.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, worker_id: str, lease_seconds: float) -> None:
+        self.pool, self.worker_id, self.lease_seconds = pool, worker_id, lease_seconds
+        self._waiting: list[tuple[uuid.UUID, int, asyncio.Future[asyncpg.Record | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.statements = 0  # claim statements run (a batch each), for the engine benchmark
+
+    async def claim(self, job_id: uuid.UUID, attempt: int) -> asyncpg.Record | None:
+        fut: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((job_id, attempt, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="blogqueue-claims")
+        return await fut
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # attempts started in this same loop turn join the first batch
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                rows = await _retrying_db(self.pool.fetch, Q["claim_attempts"], [b[0] for b in batch],
+                                          [b[1] for b in batch], self.worker_id, self.lease_seconds)
+            except BaseException as exc:
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self.statements += 1
+            by_id = {r["id"]: r for r in rows}
+            for job_id, attempt, fut in batch:
+                # pop: a duplicate run of the same attempt in the same batch gets None (invariant 2).
+                row = by_id.pop(job_id, None)
+                if row is not None and row["attempt"] != attempt:
+                    row = None
+                if not fut.done():
+                    fut.set_result(row)
+                elif row is not None:
+                    # Its arq run was cancelled (shutdown) while the batch was in flight: give the
+                    # attempt back unpaid now rather than when its lease lapses.
+                    with contextlib.suppress(*DB_DOWN):
+                        await self.pool.fetchrow(Q["finish_attempt"], job_id, attempt, "queued", 0, 0.0, None,
+                                                 None, None, "released", None, [], [], None)
 
 
 # Our own database being unreachable for a moment: restarts, terminated backends, a full
@@ -333,7 +396,13 @@ async def _startup(ctx: dict[str, Any]) -> None:
         configure(settings)
     app: App = ctx.get("app") or load(settings.app)
     app.check(settings)
-    pool = await db.create_pool(settings, max_size=max(settings.db_pool_size, settings.worker_concurrency // 2 + 4))
+    # The dispatcher's cycle is one transaction (several statements): a leader frozen inside it
+    # (SIGSTOP, a partition) would hold the lease row and job rows locked, so no follower could
+    # take over. PostgreSQL ends such a session after a quarter lease idle in its transaction.
+    idle_ms = max(500, int(settings.lease_seconds * 250))
+    pool = await db.create_pool(settings, max_size=max(settings.db_pool_size, settings.worker_concurrency // 2 + 4),
+                                server_settings={**db.server_settings(settings),
+                                                 "idle_in_transaction_session_timeout": str(idle_ms)})
     runtime = WorkerRuntime(settings, pool, Dispatcher(settings, pool, ctx["redis"], holder=new_worker_id()), app)
     ctx["blogqueue"] = runtime
     await runtime.start()

@@ -17,7 +17,7 @@ async def running_job(client, pool, **flags):
 
 async def finish(pool, jid, status, attempt=1):
     return await pool.fetchrow(Q["finish_attempt"], jid, attempt, status, 1, 5.0, "boom", "timeout", None,
-                               "retry_scheduled", None)
+                               "retry_scheduled", None, [], [], None)
 
 
 async def test_a_stopped_job_is_never_requeued(client, pool):
@@ -40,5 +40,5 @@ async def test_retry_is_scheduled_when_not_stopped(client, pool):
 async def test_a_stale_attempt_changes_nothing(client, pool):
     jid = await running_job(client, pool)
     assert await finish(pool, jid, "done", attempt=2) is None
-    assert await pool.fetchval(Q["claim_attempt"], jid, 1, "w2", 5.0) is None  # not dispatched
+    assert await pool.fetch(Q["claim_attempts"], [jid], [1], "w2", 5.0) == []  # not dispatched
     assert (await client.get_job(str(jid))).status == "running"

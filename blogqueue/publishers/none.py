@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# Nothing leaves PostgreSQL: the pipeline need not checkpoint this stage on its own
+# before the finish (blogqueue.pipeline).
+side_effects = False
+
 
 async def publish(job: dict[str, Any], post: dict[str, Any], source: dict[str, Any],
                   config: None) -> dict[str, Any]:
