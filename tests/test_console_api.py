@@ -61,7 +61,8 @@ async def test_console_figures_from_real_workers(api: Api, make_token: TokenFact
     assert batches[ok["batch_id"]]["job_count"] == 3 and batches[bad["batch_id"]]["counts"]["failed"] == 2
     assert [r["batch_id"] for r in m["recent_batches"]][-1] == ok["batch_id"]  # newest first
 
-    leader = await pool.fetchrow("SELECT holder, epoch FROM bq_leader")
+    # This test's queue only: the database keeps other tests' lease rows (one per queue name).
+    leader = await pool.fetchrow("SELECT holder, epoch FROM bq_leader WHERE queue_name = $1", api.settings.queue_name)
     assert m["leader"]["worker_id"] == leader["holder"] == m["workers"][0]["id"]
     assert m["leader"]["epoch"] == leader["epoch"] and m["leader"]["lease_left_s"] >= 0
     assert sorted((r["outcome"], r["n"]) for r in m["finished_5m"]) == [("done", 3), ("failed", 2)]
@@ -160,6 +161,12 @@ async def test_a_metrics_token_reads_metrics_and_nothing_else(api: Api, make_tok
     assert_error(await shop.get("/metrics"), 403, "forbidden")  # a tenant token cannot scrape
     assert (await (await api.client(await make_token("ops", admin=True))).get("/metrics")).status_code == 200
     await pool.execute("UPDATE bq_tokens SET revoked_at = now() WHERE id = $1", token[3:15])
+    # Verified tokens are cached per process: refused within BLOGQUEUE_TOKEN_CACHE_SECONDS (0.5 s here).
+
+    async def refused() -> bool:
+        return (await scraper.get("/metrics")).status_code == 401
+
+    await wait_until(refused, timeout=api.settings.token_cache_seconds + 2, what="the revoked token to be refused")
     assert_error(await scraper.get("/metrics"), 401, "unauthorized")
 
 
