@@ -92,15 +92,7 @@ def _pct(sorted_values: list[float], q: float) -> float | None:
 
 async def _call(http: httpx.AsyncClient, rec: Recorder, endpoint: str, method: str, url: str,
                 token: str, body: Any = None) -> httpx.Response | None:
-    started = time.monotonic()
-    t0 = time.perf_counter()
-    try:
-        resp = await http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
-    except httpx.TransportError as exc:
-        rec.samples.append(Sample(endpoint, started, time.perf_counter() - t0, None, type(exc).__name__))
-        return None
-    rec.samples.append(Sample(endpoint, started, time.perf_counter() - t0, resp.status_code))
-    return resp
+    return await _timed(http, rec, endpoint, method, url, token, time.monotonic(), body)
 
 
 async def client_loop(http: httpx.AsyncClient, token: str, tenant: str, deadline: float, rec: Recorder,

@@ -23,9 +23,9 @@ import pytest_asyncio
 
 from blogqueue import tokens
 from blogqueue.settings import RateLimit, Settings
-from tests.conftest import _free_port, wait_until
+from tests.conftest import wait_until
 from tests.http_fixtures import keyword
-from tests.test_http_serve import _start_serve, _wait_up
+from tests.test_http_serve import served as serving
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 try:
@@ -63,21 +63,14 @@ async def served(settings: Settings, pool: asyncpg.Pool, tmp_path: Path, workers
     admin, _ = await tokens.create(pool, "ops", is_admin=True)
     shop, _ = await tokens.create(pool, "shop-a")
     other, _ = await tokens.create(pool, "shop-b")
-    port = _free_port()
-    log_path = tmp_path / "serve.log"
-    proc = _start_serve(s, port, log_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(s, tmp_path) as (base, log_path):
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            await _wait_up(http, proc, log_path)
             workers(1, offline_latency_ms=LATENCY_MS, worker_concurrency=2,
                     rate_limits={"offline": RateLimit(rpm=600, tpm=200_000)})
             yield Service(base, http, admin, shop, other)
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log = log_path.read_text(errors="replace")
-        assert admin not in log and shop not in log, "a token reached the service log"
+    # Read once the service has stopped (pytest runs a fixture's teardown whatever the test did).
+    log = log_path.read_text(errors="replace")
+    assert admin not in log and shop not in log, "a token reached the service log"
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

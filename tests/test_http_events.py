@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -15,29 +13,11 @@ import pytest
 from blogqueue.settings import Settings
 from testkit.processes import WorkerProcess
 from testkit.sse import HTTPRefused, SSEClient, SSEEvent
-from tests.conftest import _free_port, wait_until
+from tests.conftest import wait_until
 from tests.http_fixtures import TokenFactory, keyword
-from tests.test_http_serve import _start_serve, _wait_up
+from tests.test_http_serve import served
 
 FINAL = {"done", "failed", "cancelled"}
-
-
-@contextlib.asynccontextmanager
-async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    port = _free_port()
-    log_path = tmp_path / "serve.log"
-    proc = _start_serve(settings, port, log_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            await _wait_up(http, proc, log_path)
-        yield base, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def _collect(stream: SSEClient, until: Callable[[list[SSEEvent]], bool], *, into: list[SSEEvent],

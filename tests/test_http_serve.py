@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -48,6 +50,25 @@ async def _wait_up(http: httpx.AsyncClient, proc: subprocess.Popen[bytes], log_p
             return False
 
     await wait_until(up, timeout=timeout, what="blogqueue serve to answer /healthz")
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """A `blogqueue serve` process on a free port, up: yields its base URL and log path; stopped after."""
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    proc = _start_serve(settings, port, log_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            await _wait_up(http, proc, log_path)
+        yield base, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def test_token_cli_create_list_revoke(settings: Settings, pool: asyncpg.Pool) -> None:
