@@ -29,7 +29,7 @@ from typing import Any, get_args
 
 import asyncpg
 
-from . import admission, aisettings, credits, db, metrics, tokens, wixinstall
+from . import admission, aisettings, credits, db, jobviews, metrics, tokens, wixinstall
 from .app import App
 from .db import Q
 from .errors import BacklogFull, Conflict, InvalidInput, NotFound
@@ -78,6 +78,7 @@ class Client:
         self._admissions = admission.Batcher(pool, settings, self.app, settings.max_batch_size)
         self._tokens = tokens.TokenCache(settings.token_cache_seconds, settings.token_cache_size)
         self._events: EventHub | None = None  # the event stream's poller, started by the first reader
+        self._views: jobviews.JobViewCache | None = None  # encoded job views (get_job_json), made on first use
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -254,6 +255,36 @@ class Client:
             "stages": {s["stage"]: StageRecord(attempt=s["attempt"], at=s["at"]) for s in job["stages"]},
         })
 
+    async def get_job_json(self, job_id: str, tenant_id: str | None = None) -> bytes:
+        """`get_job` as its JSON body (the model's `model_dump_json()`), for the HTTP service.
+
+        Served from a per-process cache invalidated by the event stream (blogqueue.jobviews): a
+        change that writes an event shows within EVENTS_POLL_SECONDS + 1 s (usually one poll),
+        one without (a dispatch's attempt count, wait_reason) within JOB_CACHE_SECONDS; this
+        client's own stops and retries at once. JOB_CACHE_SECONDS=0 reads every view.
+        """
+        jid = _uuid(job_id, "job")
+        if self.settings.job_cache_seconds <= 0:
+            return (await self.get_job(job_id, tenant_id)).model_dump_json().encode()
+
+        async def load() -> tuple[str, bytes]:
+            # Unscoped: one entry serves every reader allowed to see the job (checked below).
+            view = await self.get_job(str(jid))
+            return view.tenant_id, view.model_dump_json().encode()
+
+        if self._views is None:
+            self._views = jobviews.JobViewCache(self._hub(), self.settings.job_cache_seconds,
+                                                self.settings.job_cache_bytes)
+        owner, body = await self._views.get(jid, tenant_id, load)
+        if tenant_id is not None and owner != tenant_id:
+            raise NotFound("no such job", details={"id": job_id})
+        return body
+
+    def _changed(self, job_ids: list[uuid.UUID]) -> None:
+        """This client wrote these jobs: their cached views go now (read-your-writes in-process)."""
+        if self._views is not None:
+            self._views.invalidate(job_ids)
+
     async def list_jobs(self, tenant_id: str | None, *, status: str | None = None,
                         batch_id: str | None = None, limit: int = 50,
                         cursor: str | None = None) -> JobPage:
@@ -329,6 +360,7 @@ class Client:
             stopping = sum(1 for r in rows if r["status"] == "running")
             if stopping:
                 await conn.execute(Q["notify_cancel"], "check")
+        self._changed(ids)  # after the commit (blogqueue.jobviews: a read begun before it is not kept)
         return Stopped(cancelled=len(rows) - stopping, stopping=stopping)
 
     # -- retry -----------------------------------------------------------------
@@ -364,6 +396,7 @@ class Client:
                     if r["reserved"] is not None and r["released"]])
                 ids = [r["id"] for r in await conn.fetch(Q["retry_jobs"], [r["id"] for r in failed])]
                 await conn.execute(Q["notify_dispatcher"], "retry")
+        self._changed(ids)
         return Retried(batch_id=str(bid), retried=len(ids), job_ids=[str(i) for i in ids])
 
     # -- the event stream ------------------------------------------------------
@@ -383,9 +416,12 @@ class Client:
             batch_id = str(bid)
         if after is not None and (not isinstance(after, int) or after < 0):
             raise InvalidInput("after must be an event id (a non-negative integer)", details={"field": "after"})
+        return await self._hub().feed(tenant_id, batch_id=batch_id, after=after)
+
+    def _hub(self) -> EventHub:
         if self._events is None:
             self._events = EventHub(self.settings, self.pool)
-        return await self._events.feed(tenant_id, batch_id=batch_id, after=after)
+        return self._events
 
     async def events(self, tenant_id: str | None, *, batch_id: str | None = None,
                      after: int | None = None) -> AsyncIterator[StreamEvent]:

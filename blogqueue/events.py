@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -211,6 +211,12 @@ class EventHub:
         self.polls = 0
         self.emitted = 0
         self.dropped = 0  # readers cut off for falling behind
+        # Called with the job ids of every event row a poll reads, past a held gap too (the job
+        # view cache, blogqueue.jobviews: invalidation needs no order, only that it is seen).
+        self.on_events: list[Callable[[list[uuid.UUID]], None]] = []
+        # When the last poll that read every visible event (not a full page) started: every event
+        # committed before then has been handed to `on_events`.
+        self.caught_up_at = float("-inf")
 
     # -- readers ------------------------------------------------------------------------
 
@@ -251,9 +257,19 @@ class EventHub:
 
     # -- the poller ----------------------------------------------------------------------
 
-    async def _ensure_started(self) -> None:
+    @property
+    def ready(self) -> bool:
+        """Started, and the transactions open when it started are over: every event id up to the
+        cursor is final, so every later change's event is read by some poll."""
+        return self._ready.is_set()
+
+    def start(self) -> None:
+        """Starts the poller if it is not running; does not wait for it."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="blogqueue-events")
+
+    async def _ensure_started(self) -> None:
+        self.start()
         # TimeoutError while PostgreSQL cannot be reached (the service answers it with a 503).
         await asyncio.wait_for(self._started.wait(), START_TIMEOUT_S)
 
@@ -292,11 +308,17 @@ class EventHub:
         """One read of new events; returns True when it read a full page (more may be waiting)."""
         limit = self.page
         asked = sorted({x for _, xids, _ in self._pending for x in xids})
+        started = time.monotonic()  # before the query, so before its snapshot
         rows = await self.pool.fetch(Q["events_poll"], self.cursor, limit, asked)
         self.polls += 1
         head = rows[0]
         found = [r for r in rows if r["id"] is not None]
         full = len(found) >= limit
+        if found:
+            for observe in self.on_events:
+                observe([r["job_id"] for r in found])
+        if not full:
+            self.caught_up_at = started
         still = set(head["still_open"])
         while self._pending:  # in order: a later gap is final only once the earlier ones are
             bound, xids, since = self._pending[0]

@@ -104,6 +104,10 @@ class Settings:
     # token still works (blogqueue.tokens.TokenCache); 0 looks every request up.
     token_cache_seconds: float = 5.0
     token_cache_size: int = 10_000
+    # Job views (GET /v1/jobs/{id}) are cached per process, invalidated by the event stream
+    # (blogqueue.jobviews): this is the bound on changes that write no event; 0 reads every view.
+    job_cache_seconds: float = 5.0
+    job_cache_bytes: int = 16 * 1024 * 1024
 
     # Sources, publishers and credits (docs/sources-publishers-credits.md).
     wix_base_url: str = "https://www.wixapis.com"
@@ -186,6 +190,8 @@ class Settings:
             ("EVENTS_BUFFER", self.events_buffer >= 1, "must be at least 1"),
             ("TOKEN_CACHE_SECONDS", 0 <= self.token_cache_seconds <= 300, "must be from 0 to 300"),
             ("TOKEN_CACHE_SIZE", self.token_cache_size >= 1, "must be at least 1"),
+            ("JOB_CACHE_SECONDS", 0 <= self.job_cache_seconds <= 60, "must be from 0 to 60"),
+            ("JOB_CACHE_BYTES", self.job_cache_bytes >= 65_536, "must be at least 65536 (one large view)"),
             ("LOG_LEVEL", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "must be DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -259,13 +265,15 @@ _INT_FIELDS = {
     "worker_concurrency", "max_inflight_per_tenant", "max_backlog", "max_tenant_backlog",
     "dispatch_prefetch", "shutdown_grace_seconds", "db_pool_size", "max_batch_size",
     "max_body_bytes", "max_json_depth", "metrics_top_tenants", "events_buffer", "token_cache_size",
+    "job_cache_bytes",
     "batch_max_requests", "batch_credit_percent", "batch_queue_tokens",
 }
 _FLOAT_FIELDS = {
     "retry_jitter", "lease_seconds", "heartbeat_seconds", "status_log_seconds",
     "dispatch_poll_seconds", "job_timeout_seconds", "offline_latency_ms", "http_timeout_seconds",
     "ready_timeout_seconds", "provider_timeout_seconds", "rate_limit_max_wait_seconds",
-    "rate_limit_burst_seconds", "token_cache_seconds", "events_heartbeat_seconds", "events_poll_seconds",
+    "rate_limit_burst_seconds", "token_cache_seconds", "job_cache_seconds", "events_heartbeat_seconds",
+    "events_poll_seconds",
     "batch_window_seconds", "batch_poll_seconds", "batch_poll_max_seconds",
     "batch_price_ratio", "offline_batch_seconds",
 }

@@ -3,6 +3,8 @@
 --   BQ_METHOD  GET (default) or POST
 --   BQ_TOKEN   a bearer token, sent as Authorization (never printed)
 --   BQ_BODY    a file whose contents are the JSON body
+--   BQ_PATHS   a file of request paths, one a line, requested round robin (each wrk thread
+--              starting at a different line); without it, the URL's path
 wrk.method = os.getenv("BQ_METHOD") or "GET"
 local token = os.getenv("BQ_TOKEN")
 if token and token ~= "" then
@@ -14,6 +16,30 @@ if body_file and body_file ~= "" then
   wrk.body = f:read("*a")
   f:close()
   wrk.headers["Content-Type"] = "application/json"
+end
+
+local paths = nil
+local paths_file = os.getenv("BQ_PATHS")
+if paths_file and paths_file ~= "" then
+  paths = {}
+  for line in io.lines(paths_file) do
+    if line ~= "" then paths[#paths + 1] = line end
+  end
+end
+
+local thread_no = 0
+setup = function(thread)
+  thread:set("offset", thread_no * 7919)
+  thread_no = thread_no + 1
+end
+
+local n = 0
+request = function()
+  if paths == nil then
+    return wrk.format()
+  end
+  n = n + 1
+  return wrk.format(nil, paths[((n + (offset or 0)) % #paths) + 1])
 end
 
 done = function(summary, latency, requests)
