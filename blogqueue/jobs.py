@@ -117,7 +117,7 @@ def parse_job(raw: Any, app: App, where: str = "job") -> JobSpec:
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
         raise bad("metadata", "must be an object")
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    if metadata and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise bad("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
 
     lane = raw.get("lane")
@@ -138,7 +138,7 @@ def _unstorable(value: Any, where: str) -> str | None:
                 return path
         elif isinstance(item, dict):
             for k, v in item.items():
-                if isinstance(k, str) and ("\x00" in k or not _utf8(k)):
+                if isinstance(k, str) and ("\x00" in k or (not k.isascii() and not _utf8(k))):
                     return path
                 stack.append((v, f"{path}.{k}"))
         elif isinstance(item, list):

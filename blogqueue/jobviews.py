@@ -39,6 +39,8 @@ read for another tenant is refused exactly as the database read refuses it (NotF
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -62,9 +64,14 @@ class View:
 
 
 class _Pending:
-    """A miss in flight: its store succeeds only if no invalidation removed this very object."""
+    """A miss in flight. Its store succeeds only if no invalidation removed this very object, and
+    readers of the same job that arrive meanwhile wait for its answer instead of querying too."""
 
-    __slots__ = ()
+    __slots__ = ("answer",)
+
+    def __init__(self) -> None:
+        # (tenant, body), or None when the load failed: then each waiter loads for itself.
+        self.answer: asyncio.Future[tuple[str, bytes] | None] = asyncio.get_running_loop().create_future()
 
 
 class JobViewCache:
@@ -76,6 +83,7 @@ class JobViewCache:
         self._entries: OrderedDict[uuid.UUID, View | _Pending] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.joined = 0  # reads that waited for another read's query of the same job
         hub.on_events.append(self.invalidate)
 
     def __len__(self) -> int:
@@ -103,6 +111,14 @@ class JobViewCache:
                 self.hits += 1
                 return hit.tenant_id, hit.body
             self._drop(job_id)
+        elif isinstance(hit, _Pending):
+            # Single flight: a hot job read by many clients costs one query per expiry, not one
+            # per request in flight. The load began before this read arrived and after the last
+            # invalidation this process saw (an invalidation removes the placeholder), so its
+            # answer is as fresh as the bound promises.
+            self.joined += 1
+            answer = await asyncio.shield(hit.answer)
+            return answer if answer is not None else await load()
         self.misses += 1
         mark = _Pending()
         self._put(job_id, mark)
@@ -111,11 +127,17 @@ class JobViewCache:
         except BaseException:
             if self._entries.get(job_id) is mark:
                 del self._entries[job_id]
+            mark.answer.set_result(None)
             raise
+        mark.answer.set_result((tenant, body))
         if self._entries.get(job_id) is mark:
             if len(body) <= MAX_VIEW_BYTES:
                 # Aged from before the query: the bound on changes without an event counts from there.
-                self._put(job_id, View(tenant, body, now + self.ttl))
+                # A lifetime drawn from [ttl/2, ttl]: views loaded together (a client polling a
+                # batch, a restart) would otherwise expire together, and their misses queue for
+                # the pool at once (bench-http's status p99).
+                life = self.ttl * (0.5 + 0.5 * random.random())
+                self._put(job_id, View(tenant, body, now + life))
             else:
                 del self._entries[job_id]
         return tenant, body

@@ -18,28 +18,30 @@ if body_file and body_file ~= "" then
   wrk.headers["Content-Type"] = "application/json"
 end
 
-local paths = nil
+-- Round robin over BQ_PATHS: every request is formatted once, in `init` (per thread), and
+-- `request` only picks the next. Without BQ_PATHS no `request` function is defined, so wrk sends
+-- its one static request with no Lua call per request.
 local paths_file = os.getenv("BQ_PATHS")
 if paths_file and paths_file ~= "" then
-  paths = {}
-  for line in io.lines(paths_file) do
-    if line ~= "" then paths[#paths + 1] = line end
+  local thread_no = 0
+  setup = function(thread)
+    thread:set("offset", thread_no * 7919)
+    thread_no = thread_no + 1
   end
-end
 
-local thread_no = 0
-setup = function(thread)
-  thread:set("offset", thread_no * 7919)
-  thread_no = thread_no + 1
-end
-
-local n = 0
-request = function()
-  if paths == nil then
-    return wrk.format()
+  local prepared = {}
+  local n = 0
+  init = function(args)
+    for line in io.lines(paths_file) do
+      if line ~= "" then prepared[#prepared + 1] = wrk.format(nil, line) end
+    end
+    n = offset or 0
   end
-  n = n + 1
-  return wrk.format(nil, paths[((n + (offset or 0)) % #paths) + 1])
+
+  request = function()
+    n = n + 1
+    return prepared[(n % #prepared) + 1]
+  end
 end
 
 done = function(summary, latency, requests)
