@@ -92,29 +92,42 @@ class Batcher:
             self._task = asyncio.create_task(self._drain())
         return await future
 
-    async def _drain(self) -> None:
-        while self._pending:
-            group: list[tuple[Request, asyncio.Future[Outcome]]] = []
-            jobs = 0
-            while self._pending and (not group or jobs + len(self._pending[0][0].specs) <= self.max_jobs):
-                request, future = self._pending.popleft()
-                if future.done():  # its caller gave up before it was sent: not inserted
-                    continue
-                group.append((request, future))
-                jobs += len(request.specs)
-            if not group:
+    def _send(self) -> tuple[list[tuple[Request, asyncio.Future[Outcome]]], asyncio.Task[list[Outcome]]] | None:
+        """Takes the next group and starts its statement; None when nothing is waiting."""
+        group: list[tuple[Request, asyncio.Future[Outcome]]] = []
+        jobs = 0
+        while self._pending and (not group or jobs + len(self._pending[0][0].specs) <= self.max_jobs):
+            request, future = self._pending.popleft()
+            if future.done():  # its caller gave up before it was sent: not inserted
                 continue
+            group.append((request, future))
+            jobs += len(request.specs)
+        if not group:
+            return None
+        return group, asyncio.create_task(insert(self.pool, self.settings, self.app, [r for r, _ in group]))
+
+    async def _drain(self) -> None:
+        flight = self._send()
+        while flight is not None:
+            group, statement = flight
             try:
-                outcomes = await insert(self.pool, self.settings, self.app, [r for r, _ in group])
+                outcomes = await statement
             except asyncio.CancelledError:
                 for _, future in group:
                     future.cancel()
                 raise
             except Exception as exc:  # every request of the group failed with the statement
+                flight = self._send()
                 for _, future in group:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            # The next statement is started before this group's callers are woken: its task runs
+            # first, so PostgreSQL works on the next group while this process writes the answers
+            # of the last one (woken first, a group of callers writing their answers ran before
+            # the next statement was sent). Measured: bench-http enqueue 1 job, 6 alternating
+            # runs against the previous order, +9% on average; within this machine's noise.
+            flight = self._send()
             for (_, future), outcome in zip(group, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
