@@ -151,8 +151,8 @@ def serve(settings: Settings, *, host: str, port: int, bq_app: App | None = None
 def _freeze_startup_heap() -> None:
     """Moves what startup made (modules, the provider SDKs, pydantic schemas: ~280,000 objects) out
     of the garbage collector's reach. A full collection walked all of them, 140-170 ms with the
-    event loop stopped, and under load one came every few seconds: that was the service's p99
-    (bench-http: every scenario, /healthz too). Those objects live as long as the process."""
+    event loop stopped, a pause in the tail of every request in flight (docs/benchmarks.md,
+    bench-http). Those objects live as long as the process."""
     gc.collect()
     gc.freeze()
 
