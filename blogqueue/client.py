@@ -272,7 +272,7 @@ class Client:
 
         async def load() -> tuple[str, bytes]:
             # Unscoped: one entry serves every reader allowed to see the job (checked below).
-            view = await self.get_job(str(jid))
+            view = await self.get_job(job_id)  # as given: a NotFound names the id the caller sent
             return view.tenant_id, view.model_dump_json().encode()
 
         if self._views is None:
