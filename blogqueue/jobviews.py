@@ -18,12 +18,13 @@ How it stays fresh:
   put is still there. A read whose snapshot missed a change has its placeholder in place when
   that change's event is seen (the event is seen after the commit, the commit after the
   snapshot), so either the store fails or the entry it stored is dropped.
-- **Only while the poller keeps up.** Entries are served only while the hub's last poll that read
-  everything (not a full page) started less than `EVENTS_POLL_SECONDS + LIVE_SLACK_S` ago, and
-  only once the transactions open when the hub started are over (`EventHub.ready`). A failing or
-  starved poller turns the cache into a pass-through, so **a change that writes an event is
-  served from the cache at most `EVENTS_POLL_SECONDS + LIVE_SLACK_S` (1.1 s by default) after
-  it commits**; usually within one poll (~0.1 s).
+- **Only while the poller keeps up.** An entry is served only while the later of its own query
+  and the start of the hub's last poll that read everything (not a full page) is less than
+  `EVENTS_POLL_SECONDS + LIVE_SLACK_S` ago, and only once the transactions open when the hub
+  started are over (`EventHub.ready`). A failing or starved poller leaves only fresh reads
+  servable, so **a change that writes an event is served from the cache at most
+  `EVENTS_POLL_SECONDS + LIVE_SLACK_S` (1.1 s by default) after it commits**; usually within
+  one poll (~0.1 s).
 - **Changes without an event are bounded by age.** A view is never older than
   `JOB_CACHE_SECONDS` (default 5). That bounds the fields that change without an event: the
   dispatch of a queued job (`attempts`, `updated_at`; the public status stays `queued`), the
@@ -60,7 +61,8 @@ MAX_VIEW_BYTES = 64 * 1024
 class View:
     tenant_id: str
     body: bytes
-    expires: float  # time.monotonic()
+    loaded: float  # time.monotonic() before its query: every change committed earlier is in it
+    expires: float
 
 
 class _Pending:
@@ -89,24 +91,24 @@ class JobViewCache:
     def __len__(self) -> int:
         return sum(1 for v in self._entries.values() if isinstance(v, View))
 
-    def live(self) -> bool:
-        """Whether the event stream keeps up, so entries may be served (see the module doc)."""
-        hub = self.hub
-        if not hub.ready:
-            hub.start()
-            return False
-        return time.monotonic() - hub.caught_up_at <= hub.settings.events_poll_seconds + LIVE_SLACK_S
-
     async def get(self, job_id: uuid.UUID, tenant_id: str | None,
                   load: Callable[[], Awaitable[tuple[str, bytes]]]) -> tuple[str, bytes]:
         """(tenant, body) of the view: from the cache, else `load()` (which raises NotFound itself)
         and kept. The caller checks the tenant: an entry is shared by every reader of the job."""
-        if self.ttl <= 0 or not self.live():
+        hub = self.hub
+        if self.ttl <= 0 or not hub.ready:
+            hub.start()
             return await load()
         now = time.monotonic()
         hit = self._entries.get(job_id)
         if isinstance(hit, View):
-            if hit.expires > now:
+            # Every change committed before the last complete poll started has dropped its view,
+            # and every change committed before this view's query is in it: the view can miss
+            # only changes younger than the later of the two. A lagging poller (a slow or failing
+            # query, a busy pool) thus stops only the views older than the bound, not the whole
+            # cache at once.
+            fresh = now - max(hub.caught_up_at, hit.loaded) <= hub.settings.events_poll_seconds + LIVE_SLACK_S
+            if hit.expires > now and fresh:
                 self._entries.move_to_end(job_id)
                 self.hits += 1
                 return hit.tenant_id, hit.body
@@ -137,7 +139,7 @@ class JobViewCache:
                 # batch, a restart) would otherwise expire together, and their misses queue for
                 # the pool at once (bench-http's status p99).
                 life = self.ttl * (0.5 + 0.5 * random.random())
-                self._put(job_id, View(tenant, body, now + life))
+                self._put(job_id, View(tenant, body, now, now + life))
             else:
                 del self._entries[job_id]
         return tenant, body
