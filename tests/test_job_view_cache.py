@@ -138,3 +138,22 @@ def test_settings_fail_early_naming_the_variable() -> None:
         Settings.from_env({"BLOGQUEUE_JOB_CACHE_BYTES": "1000"})
     with pytest.raises(SettingsError, match="BLOGQUEUE_JOB_CACHE_SECONDS"):
         Settings.from_env({"BLOGQUEUE_JOB_CACHE_SECONDS": "-1"})
+
+
+async def test_a_stopped_poller_still_keeps_the_bound(
+        api: Api, make_token: TokenFactory, settings: Settings, pool: asyncpg.Pool) -> None:
+    s = settings.replace(job_cache_seconds=60)
+    c, client = await _open(api, s, await make_token("shop-a"))
+    [job_id] = await _enqueue(c)
+    await _cached_view(c, client, job_id)
+    # The poller stops (as when its queries fail): nothing invalidates any more.
+    assert client._events is not None
+    await client._events.close()
+    await Client(s, pool).stop_job(job_id, "shop-a")
+    stopped_at = time.monotonic()
+
+    async def cancelled() -> bool:
+        return (await c.get(f"/v1/jobs/{job_id}")).json()["status"] == "cancelled"
+
+    await wait_until(cancelled, timeout=10, interval=0.02, what="the stop to show without the poller")
+    assert time.monotonic() - stopped_at <= s.events_poll_seconds + jobviews.LIVE_SLACK_S + 0.2
