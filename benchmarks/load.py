@@ -38,7 +38,7 @@ import httpx
 from _harness import Bench, bench_env, table, wait_for, write_result
 
 from blogqueue import tokens
-from testkit.load import OpenLoopResult, Recorder, limits, open_loop, summarize
+from testkit.load import OpenLoopResult, Recorder, Send, aiohttp_sender, aiohttp_session, limits, open_loop, summarize
 
 
 async def _outage(bench: Bench, http: httpx.AsyncClient, start_after: float, seconds: float) -> dict[str, Any]:
@@ -102,16 +102,19 @@ async def main(args: argparse.Namespace) -> int:
             **({"db_pool_size": args.service_pool} if args.service_pool else {}))
         exits: list[str] = []
         supervisor = asyncio.create_task(_supervise(bench, exits))
+        # httpx for the harness's own probes (/readyz); aiohttp sends the load (testkit.load.aiohttp_sender).
         async with httpx.AsyncClient(base_url=base_url, timeout=args.timeout,
-                                     limits=limits(args.max_in_flight)) as http:
+                                     limits=limits(args.max_in_flight)) as http, \
+                aiohttp_session(base_url, args.max_in_flight, args.timeout) as session:
+            send = aiohttp_sender(session)
             async def ready() -> bool:
                 return (await http.get("/readyz")).status_code == 200
 
             await wait_for(ready, timeout=60, interval=0.5, what="the service to be ready")
             if args.outage:
-                result = await _outage_run(bench, http, toks, args)
+                result = await _outage_run(bench, http, send, toks, args)
             else:
-                result = await _stepped(http, toks, args)
+                result = await _stepped(send, toks, args)
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
@@ -142,13 +145,13 @@ def _step_row(step: OpenLoopResult, rec: Recorder, p99_bound: float) -> dict[str
             "endpoints": {e: summarize(s) for e, s in rec.by_endpoint().items()}}
 
 
-async def _stepped(http: httpx.AsyncClient, toks: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+async def _stepped(send: Send, toks: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     rate = args.start_rate
     misses = 0
     while rate <= args.max_rate:
         rec = Recorder()
-        step = await open_loop(http, toks, rate, args.step_seconds, rec, max_in_flight=args.max_in_flight)
+        step = await open_loop(send, toks, rate, args.step_seconds, rec, max_in_flight=args.max_in_flight)
         row = _step_row(step, rec, args.p99_ms)
         steps.append(row)
         print(f"rate {rate:g}/s: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, 5xx {row['5xx']}, "
@@ -171,12 +174,12 @@ async def _stepped(http: httpx.AsyncClient, toks: dict[str, str], args: argparse
     return {"steps": steps, "highest_rate_held": highest, "p99_bound_ms": args.p99_ms}
 
 
-async def _outage_run(bench: Bench, http: httpx.AsyncClient, toks: dict[str, str],
+async def _outage_run(bench: Bench, http: httpx.AsyncClient, send: Send, toks: dict[str, str],
                       args: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder()
     outage_task = asyncio.create_task(_outage(bench, http, args.seconds / 2 - args.outage_seconds / 2,
                                               args.outage_seconds))
-    step = await open_loop(http, toks, args.rate, args.seconds, rec, max_in_flight=args.max_in_flight)
+    step = await open_loop(send, toks, args.rate, args.seconds, rec, max_in_flight=args.max_in_flight)
     outage = await outage_task
     row = _step_row(step, rec, args.p99_ms)
     per = row.pop("endpoints")

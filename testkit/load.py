@@ -1,10 +1,11 @@
 """HTTP client loads on the service: the open loop of `benchmarks/load.py`, the closed loop of its test.
 
 Open loop (`open_loop`, the benchmark): requests arrive at a fixed rate whatever the
-latency, paced by aiolimiter, each a mix of enqueue (mostly one job, sometimes a bulk),
-read back (`GET /v1/jobs/{id}`), list and stop. Latency counts from the *scheduled*
-arrival time, so a slow answer cannot delay the next arrivals and hide itself (a closed
-loop of N clients only sends when an answer came back: coordinated omission).
+latency, paced by aiolimiter and sent with aiohttp (`aiohttp_sender`: why not httpx),
+each a mix of enqueue (mostly one job, sometimes a bulk), read back (`GET /v1/jobs/{id}`),
+list and stop. Latency counts from the *scheduled* arrival time, so a slow answer cannot
+delay the next arrivals and hide itself (a closed loop of N clients only sends when an
+answer came back: coordinated omission).
 
 Closed loop (`run_clients`, tests/test_http_load.py): each simulated client loops until
 a deadline: enqueue, read its jobs back, now and then list a page and stop one of its
@@ -21,9 +22,11 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 
 ENDPOINTS = ("enqueue", "poll", "list", "stop")
@@ -159,7 +162,36 @@ class OpenLoopResult:
     lag_s: float  # how late the pacer sent the last arrival (the generator's own lag)
 
 
-async def open_loop(http: httpx.AsyncClient, tokens: dict[str, str], rate: float, seconds: float, rec: Recorder,
+# One request of the open loop: (method, url, token, json body or None) -> (status, json answer
+# or None), raising OSError/TimeoutError (or a client library's transport error) when there is none.
+Send = Callable[[str, str, str, Any], Awaitable[tuple[int, Any]]]
+
+
+def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
+    """The open loop's client: aiohttp, whose keep-alive pool hands out a connection in constant time.
+
+    Why not httpx here: with hundreds of connections open, httpcore scans every one of them
+    for every request (`_assign_requests_to_connections`, `is_idle`, `has_expired`), so the
+    generator's own event loop saturates first. py-spy on the load generator at 135 arrivals/s
+    (2026-11-25): 100 % busy, ~60 % of it in that scan; the pacer fell 6.5 s behind, and that lag
+    showed up as seconds of "latency" of a service whose /healthz answered in milliseconds.
+    A load generator that cannot keep up measures itself.
+    """
+    async def send(method: str, url: str, token: str, body: Any) -> tuple[int, Any]:
+        async with session.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
+            data = await resp.json(content_type=None) if resp.status < 300 else await resp.read()
+            return resp.status, data
+    return send
+
+
+def aiohttp_session(base_url: str, max_in_flight: int, timeout: float) -> aiohttp.ClientSession:
+    """A session as wide as the open loop's in-flight bound; idle connections dropped after 4 s (see `limits`)."""
+    connector = aiohttp.TCPConnector(limit=max_in_flight, keepalive_timeout=4.0)
+    return aiohttp.ClientSession(base_url=base_url, connector=connector,
+                                 timeout=aiohttp.ClientTimeout(total=timeout))
+
+
+async def open_loop(send: Send, tokens: dict[str, str], rate: float, seconds: float, rec: Recorder,
                     *, seed: int = 8, mix: OpenMix = OpenMix(), max_in_flight: int = 2000) -> OpenLoopResult:
     """Arrivals at `rate` per second for `seconds`, each one request, whatever the answers' latency.
 
@@ -168,6 +200,7 @@ async def open_loop(http: httpx.AsyncClient, tokens: dict[str, str], rate: float
     arrival kept every delay: 40/s asked, about 30/s sent on a loaded machine). The
     latency recorded for arrival k runs from its scheduled time `start + k / rate`, so a
     pacer that fell behind (a busy event loop) shows as latency too, never as a lower load.
+    `send` is `aiohttp_sender(...)`: see there why not httpx.
     Waits for every sent request to be answered (or to time out) before returning.
     """
     from aiolimiter import AsyncLimiter
@@ -181,6 +214,16 @@ async def open_loop(http: httpx.AsyncClient, tokens: dict[str, str], rate: float
     dropped = 0
     start = time.monotonic()
 
+    async def timed(endpoint: str, method: str, url: str, token: str, scheduled: float,
+                    body: Any = None) -> tuple[int, Any] | None:
+        try:
+            status, data = await send(method, url, token, body)
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, None, type(exc).__name__))
+            return None
+        rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, status))
+        return status, data
+
     async def arrival(k: int, tenant: str, scheduled: float) -> None:
         early = scheduled - time.monotonic()
         if early > 0:  # a burst of the bucket went out ahead of the schedule: keep to it
@@ -189,21 +232,21 @@ async def open_loop(http: httpx.AsyncClient, tokens: dict[str, str], rate: float
         r = rng.random()
         mine = recent[tenant]
         if r < mix.poll and mine:
-            await _timed(http, rec, "poll", "GET", f"/v1/jobs/{rng.choice(mine)}", token, scheduled)
+            await timed("poll", "GET", f"/v1/jobs/{rng.choice(mine)}", token, scheduled)
         elif r < mix.poll + mix.list:
-            await _timed(http, rec, "list", "GET", "/v1/jobs?limit=20", token, scheduled)
+            await timed("list", "GET", "/v1/jobs?limit=20", token, scheduled)
         elif r < mix.poll + mix.list + mix.stop and mine:
             jid = rng.choice(mine)
-            resp = await _timed(http, rec, "stop", "POST", f"/v1/jobs/{jid}/stop", token, scheduled)
-            if resp is not None and resp.status_code == 200:
+            answer = await timed("stop", "POST", f"/v1/jobs/{jid}/stop", token, scheduled)
+            if answer is not None and answer[0] == 200:
                 rec.stopped.add(jid)
         else:
             size = mix.bulk_size if r > 1 - mix.bulk else 1
             jobs = [{"source": {"type": "keyword", "keyword": f"{tenant} topic {k}.{i}"}} for i in range(size)]
-            resp = await _timed(http, rec, "enqueue", "POST", "/v1/jobs", token,
-                                scheduled, {"jobs": jobs} if size > 1 else jobs[0])
-            if resp is not None and resp.status_code == 202:
-                for j in resp.json()["jobs"]:
+            body = {"jobs": jobs} if size > 1 else jobs[0]
+            answer = await timed("enqueue", "POST", "/v1/jobs", token, scheduled, body)
+            if answer is not None and answer[0] == 202:
+                for j in answer[1]["jobs"]:
                     rec.jobs[j["id"]] = tenant
                     mine.append(j["id"])
                 del mine[:-50]
