@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -95,7 +95,8 @@ class Run:
 
     def __init__(self, job: dict[str, Any], *, app: App, settings: Settings, pool: asyncpg.Pool,
                  outputs: dict[str, Any] | None = None,
-                 stored: tuple[str | None, dict[str, str]] | None = None) -> None:
+                 stored: tuple[str | None, dict[str, str]] | None = None,
+                 save_stages: Callable[..., Awaitable[bool]] | None = None) -> None:
         self.job = job
         self.job_id = str(job["id"])
         self.tenant_id = str(job["tenant_id"])
@@ -117,6 +118,8 @@ class Run:
         self._external = False  # ... and that was an external side effect (see run_pipeline)
         self._write_lock = asyncio.Lock()  # one checkpoint write at a time
         self._late: asyncio.Task[None] | None = None  # the pending write of SHOW_STAGE_AFTER
+        # The worker's group commit of checkpoints (blogqueue.worker.Writes); alone: one statement.
+        self._save_stages = save_stages or self._save_alone
 
     # -- provider calls ------------------------------------------------------------
 
@@ -257,13 +260,16 @@ class Run:
     async def _checkpoint(self, following: str | None) -> None:
         """Saves the unsaved stage outputs while this attempt still owns the job; StaleAttempt if it does not."""
         names = [n for n, _ in self._unsaved]
-        owned = await self._pool.fetchval(Q["save_stages"], self.job["id"], self.attempt, names,
-                                          [o for _, o in self._unsaved], following)
+        owned = await self._save_stages(self.job["id"], self.attempt, names, [o for _, o in self._unsaved],
+                                        following)
         if not owned:
             raise StaleAttempt(names[-1])
         self._unsaved.clear()
         if self.stage in names:  # the running stage's output is saved: its held answers need no write
             self._calls.checkpointed()
+
+    async def _save_alone(self, *args: Any) -> bool:
+        return bool(await self._pool.fetchval(Q["save_stages"], *args))
 
     def unsaved(self) -> tuple[list[str], list[dict[str, Any]]]:
         """Finished stages whose outputs are not written yet (names, outputs), for the attempt's finish."""

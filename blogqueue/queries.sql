@@ -387,9 +387,16 @@ WHERE id = $1;
 
 -- name: renew_leases
 -- Keeps this worker's running attempts alive and tells it which ones were asked to stop.
-UPDATE bq_jobs SET lease_until = now() + make_interval(secs => $3)
-WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::uuid[])
-RETURNING id, cancel_requested;
+-- Rows locked in id order, like every multi-row writer: the worker's grouped checkpoints
+-- and finishes (one transaction for several jobs) lock theirs in id order too, so the two
+-- cannot deadlock.
+WITH locked AS (
+    SELECT id FROM bq_jobs WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::uuid[])
+    ORDER BY id FOR UPDATE
+)
+UPDATE bq_jobs j SET lease_until = now() + make_interval(secs => $3)
+FROM locked l WHERE j.id = l.id AND j.worker_id = $1 AND j.status = 'running'
+RETURNING j.id, j.cancel_requested;
 
 -- name: stop_worker
 UPDATE bq_workers SET stopped_at = now(), in_flight = 0, is_leader = false WHERE id = $1;

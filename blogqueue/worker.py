@@ -40,6 +40,7 @@ from .app import App, load
 from .db import Q
 from .dispatcher import TASK_NAME, Dispatcher
 from .errors import FatalError, JobError, RateLimited
+from .groupcommit import GroupCommit, by_id
 from .pipeline import Parked, Run, StaleAttempt, StopRequested, run_pipeline
 from .settings import Settings, SettingsError
 
@@ -71,6 +72,7 @@ class WorkerRuntime:
         self._listen_conn: asyncpg.Connection | None = None
         self._status_mark = (time.monotonic(), 0, 0)
         self.claims = Claims(pool, self.worker_id, settings.lease_seconds)
+        self.writes = Writes(pool)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -101,7 +103,9 @@ class WorkerRuntime:
             await self.pool.execute(Q["stop_worker"], self.worker_id, timeout=2)
         log.info("worker stopped", worker=self.worker_id, done=self.done, failed=self.failed,
                  dispatcher_cycles=self.dispatcher.cycles, dispatched=self.dispatcher.dispatched,
-                 claim_statements=self.claims.statements)
+                 claim_statements=self.claims.statements, checkpoint_statements=self.writes.checkpoints.statements,
+                 checkpoint_rows=self.writes.checkpoints.rows, finish_statements=self.writes.finishes.statements,
+                 finish_rows=self.writes.finishes.rows)
 
     async def _listen(self) -> None:
         """Stop requests arrive by NOTIFY; heartbeats catch any that were missed.
@@ -217,7 +221,7 @@ class WorkerRuntime:
     async def _run(self, job_id: str, job: dict[str, Any]) -> str:
         stored = (job.pop("ai_preferred_model"), dict(job.pop("ai_keys")))  # read by the claim: see resolve()
         run = Run(job, app=self.app, settings=self.settings, pool=self.pool, outputs=dict(job.pop("stages")),
-                  stored=stored)
+                  stored=stored, save_stages=self.writes.save_stages)
         task = asyncio.create_task(run_pipeline(run, lambda: job_id in self.stop_requested))
         self.running[job_id] = task
         try:
@@ -282,8 +286,8 @@ class WorkerRuntime:
         # attempt's finish saves nothing. `following`: the stage a retry resumes at.
         names, outputs = run.unsaved() if run is not None else ([], [])
         following = run.stage if names and run is not None and run.stage != names[-1] else None
-        row = await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], job["id"], job["attempt"], status,
-                                 failures, delay, error, code, result, event, detail, names, outputs, following)
+        row = await self.writes.finish(job["id"], job["attempt"], status, failures, delay, error, code, result,
+                                       event, detail, names, outputs, following)
         if row is None:
             log.info("attempt no longer owns the job; its finish was refused", stage=(detail or {}).get("stage"),
                      wanted=status)
@@ -298,56 +302,95 @@ class WorkerRuntime:
 class Claims:
     """Claims the attempts arq starts, several in one statement (`claim_attempts`).
 
-    Group commit: at most one claim statement per worker is in flight; attempts that
-    arrive meanwhile (arq starts the jobs of one poll one after another, a Redis round
-    trip apart) wait for it and are claimed together by the next one. An idle worker
-    claims at once; a busy one pays one round trip and one transaction for many
-    attempts instead of one each (issue #14). Each row is fenced on its own: a stale
-    attempt in a batch gets None and changes nothing.
+    Group commit (blogqueue.groupcommit): at most one claim statement per worker is in
+    flight; attempts that arrive meanwhile (arq starts the jobs of one poll one after
+    another, a Redis round trip apart) wait for it and are claimed together by the next
+    one. An idle worker claims at once; a busy one pays one round trip and one
+    transaction for many attempts instead of one each (issue #14). Each row is fenced on
+    its own: a stale attempt in a batch gets None and changes nothing.
     """
 
     def __init__(self, pool: asyncpg.Pool, worker_id: str, lease_seconds: float) -> None:
         self.pool, self.worker_id, self.lease_seconds = pool, worker_id, lease_seconds
-        self._waiting: list[tuple[uuid.UUID, int, asyncio.Future[asyncpg.Record | None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.statements = 0  # claim statements run (a batch each), for the engine benchmark
+        self._group: GroupCommit[tuple[uuid.UUID, int], asyncpg.Record | None] = GroupCommit(
+            "claims", self._write, orphan=self._release)
+
+    @property
+    def statements(self) -> int:
+        """Claim statements run (a batch each), for the engine benchmark."""
+        return self._group.statements
 
     async def claim(self, job_id: uuid.UUID, attempt: int) -> asyncpg.Record | None:
-        fut: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((job_id, attempt, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="blogqueue-claims")
-        return await fut
+        return await self._group.submit((job_id, attempt))
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # attempts started in this same loop turn join the first batch
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                rows = await _retrying_db(self.pool.fetch, Q["claim_attempts"], [b[0] for b in batch],
-                                          [b[1] for b in batch], self.worker_id, self.lease_seconds)
-            except BaseException as exc:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            self.statements += 1
-            by_id = {r["id"]: r for r in rows}
-            for job_id, attempt, fut in batch:
-                # pop: a duplicate run of the same attempt in the same batch gets None (invariant 2).
-                row = by_id.pop(job_id, None)
-                if row is not None and row["attempt"] != attempt:
-                    row = None
-                if not fut.done():
-                    fut.set_result(row)
-                elif row is not None:
-                    # Its arq run was cancelled (shutdown) while the batch was in flight: give the
-                    # attempt back unpaid now rather than when its lease lapses.
-                    with contextlib.suppress(*DB_DOWN):
-                        await self.pool.fetchrow(Q["finish_attempt"], job_id, attempt, "queued", 0, 0.0, None,
-                                                 None, None, "released", None, [], [], None)
+    async def _write(self, batch: list[tuple[uuid.UUID, int]]) -> list[asyncpg.Record | None]:
+        rows = await _retrying_db(self.pool.fetch, Q["claim_attempts"], [b[0] for b in batch],
+                                  [b[1] for b in batch], self.worker_id, self.lease_seconds)
+        by_id = {r["id"]: r for r in rows}
+        out: list[asyncpg.Record | None] = []
+        for job_id, attempt in batch:
+            # pop: a duplicate run of the same attempt in the same batch gets None (invariant 2).
+            row = by_id.pop(job_id, None)
+            out.append(row if row is not None and row["attempt"] == attempt else None)
+        return out
+
+    async def _release(self, item: tuple[uuid.UUID, int], row: asyncpg.Record | None) -> None:
+        # Its arq run was cancelled (shutdown) while the batch was in flight: give the
+        # attempt back unpaid now rather than when its lease lapses.
+        if row is not None:
+            with contextlib.suppress(*DB_DOWN):
+                await self.pool.fetchrow(Q["finish_attempt"], item[0], item[1], "queued", 0, 0.0, None,
+                                         None, None, "released", None, [], [], None)
+
+
+FinishArgs = tuple[Any, ...]  # finish_attempt's parameters, $1 (job id) first
+CheckpointArgs = tuple[Any, ...]  # save_stages' parameters, $1 (job id) first
+
+
+class Writes:
+    """The per-attempt writes of this worker's concurrent attempts, group-committed
+    (blogqueue.groupcommit): checkpoints (`save_stages`) and finishes (`finish_attempt`).
+
+    Each flush runs the named statement once per row, pipelined in one round trip and
+    one implicit transaction (asyncpg `fetchmany`): per row exactly the fenced statement
+    a single write runs, so a stale attempt's row is refused and changes nothing, and the
+    statements of one transaction lock their jobs in id order, like every multi-row
+    writer (no deadlock). Each caller awaits its own row, so a paid stage's output is
+    still committed before that job's next paid call starts (invariant 3).
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        key = _first
+        self.checkpoints: GroupCommit[CheckpointArgs, bool] = GroupCommit("checkpoints", self._save, key=key)
+        self.finishes: GroupCommit[FinishArgs, asyncpg.Record | None] = GroupCommit("finishes", self._finish,
+                                                                                      key=key)
+
+    async def save_stages(self, *args: Any) -> bool:
+        return await self.checkpoints.submit(args)
+
+    async def finish(self, *args: Any) -> asyncpg.Record | None:
+        return await self.finishes.submit(args)
+
+    async def _save(self, items: list[CheckpointArgs]) -> list[bool]:
+        # Not retried here (as before grouping): a checkpoint whose connection died is the
+        # attempt's database error, and the worker releases the attempt.
+        if len(items) == 1:
+            return [bool(await self.pool.fetchval(Q["save_stages"], *items[0]))]
+        ordered = sorted(items, key=_first)
+        rows = await self.pool.fetchmany(Q["save_stages"], ordered)
+        owned = {a[0]: bool(r["owned"]) for a, r in zip(ordered, rows, strict=True)}  # one row per statement
+        return [owned[a[0]] for a in items]
+
+    async def _finish(self, items: list[FinishArgs]) -> list[asyncpg.Record | None]:
+        if len(items) == 1:
+            return [await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], *items[0])]
+        rows = await _retrying_db(self.pool.fetchmany, Q["finish_attempt"], sorted(items, key=_first))
+        return by_id(rows, [a[0] for a in items])  # a refused finish returns no row
+
+
+def _first(args: tuple[Any, ...]) -> Any:
+    return args[0]
 
 
 # Our own database being unreachable for a moment: restarts, terminated backends, a full
