@@ -429,41 +429,50 @@ async def _retrying_db(call: Any, *args: Any, tries: int = 6) -> Any:
 # -- arq glue --------------------------------------------------------------------
 
 class ArqWorker(Worker):
-    """arq's Worker, starting each job in one Redis round trip instead of four (issue #14).
+    """arq's Worker, taking the jobs of a poll in one Redis round trip instead of four per
+    job (issue #14).
 
-    arq 0.28 takes a job with WATCH on its in-progress key, EXISTS, ZSCORE, then
-    MULTI/PSETEX/EXEC: four round trips, three of them paid again by every worker that
-    loses the race for the same job (with prefetch-sized queues, most polls race). Here
-    one MULTI/EXEC does `SET in-progress NX PX` and `ZSCORE`: the key is the same lock
-    arq's own check-then-set guards, now taken atomically, so one worker runs a job and
-    the others learn it in one round trip. A job already finished and removed (no
-    score), or not due yet, gives the key back. Nothing depends on it for correctness
-    anyway: PostgreSQL's fenced claim decides which run of an attempt may work
-    (invariant 2). `arq blogqueue.worker.WorkerSettings` runs arq's own Worker unchanged.
+    arq 0.28 takes each job with WATCH on its in-progress key, EXISTS, ZSCORE, then
+    MULTI/PSETEX/EXEC: four round trips per job, three of them paid again by every worker
+    that loses the race for it (with prefetch-sized queues, the workers' polls see the
+    same few jobs, so most polls race). Here one MULTI/EXEC does `SET in-progress NX PX`
+    and `ZSCORE` for as many of the polled jobs as there are free slots: the key is the
+    same lock arq's check-then-set guards, now taken atomically, so one worker runs a job
+    and the others learn it in the same round trip. A job already finished and removed
+    (no score) or not due yet gives its key back. Nothing depends on the key for
+    correctness anyway: PostgreSQL's fenced claim decides which run of an attempt may
+    work (invariant 2). `arq blogqueue.worker.WorkerSettings` runs arq's own Worker.
     """
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        for job_id_b in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
+        pending = [j.decode() for j in job_ids]
+        while pending:
+            free = self.max_jobs - self.job_counter
+            if free <= 0:
                 return None
-            self.job_counter = self.job_counter + 1
-            job_id = job_id_b.decode()
-            in_progress_key = in_progress_key_prefix + job_id
+            batch, pending = pending[:free], pending[free:]
+            ttl_ms = int(self.in_progress_timeout_s * 1000)
             async with self.pool.pipeline(transaction=True) as pipe:
-                pipe.set(in_progress_key, b"1", px=int(self.in_progress_timeout_s * 1000), nx=True)
-                pipe.zscore(self.queue_name, job_id)
-                took, score = await pipe.execute()
-            if not took or not score or score > timestamp_ms():
-                if took:  # ours, but nothing to run now: give the key back
-                    await self.pool.delete(in_progress_key)
-                self.job_counter = self.job_counter - 1
-                self.sem.release()
-                continue
-            t = self.loop.create_task(self.run_job(job_id, int(score)))
-            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = t
+                for job_id in batch:
+                    pipe.set(in_progress_key_prefix + job_id, b"1", px=ttl_ms, nx=True)
+                    pipe.zscore(self.queue_name, job_id)
+                answers = await pipe.execute()
+            now, give_back = timestamp_ms(), []
+            for i, job_id in enumerate(batch):
+                took, score = answers[2 * i], answers[2 * i + 1]
+                if not took:
+                    continue  # another worker runs it
+                if not score or score > now:
+                    give_back.append(in_progress_key_prefix + job_id)  # ours, but nothing to run now
+                    continue
+                # Never waits: only this loop adds jobs, and it takes at most the free slots.
+                await self.sem.acquire()
+                self.job_counter = self.job_counter + 1
+                t = self.loop.create_task(self.run_job(job_id, int(score)))
+                t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = t
+            if give_back:
+                await self.pool.delete(*give_back)
         return None
 
 
