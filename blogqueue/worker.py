@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+import uvloop
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -554,7 +555,10 @@ def run(settings: Settings, app: App | None = None) -> None:
     app = app or load(settings.app)
     backoff = 1.0
     while True:
-        loop = asyncio.new_event_loop()
+        # uvloop (a dependency, for `serve` too): the worker's time is mostly round trips to Redis
+        # and PostgreSQL, and its C event loop and transports cost far less per send and wake-up
+        # than asyncio's (issue #14, docs/benchmarks.md).
+        loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         kwargs = worker_settings(settings, app=app)
         started = time.monotonic()
