@@ -309,7 +309,10 @@ WITH RECURSIVE lead AS (
     ORDER BY (slot > $1::bigint * weight), slot::float8 / weight, md5(tenant_id || $2::text), rn
     LIMIT (SELECT greatest(free, 0) FROM cap)
 ), locked AS (
-    SELECT id FROM bq_jobs WHERE id IN (SELECT id FROM picked) AND status = 'queued' AND EXISTS (SELECT 1 FROM lead)
+    -- = ANY(ARRAY(...)), not IN (...): the planner cannot know `picked` is small, and chose
+    -- a scan of every queued job for the semi-join; an array probes the primary key.
+    SELECT id FROM bq_jobs WHERE id = ANY (ARRAY(SELECT id FROM picked)) AND status = 'queued'
+      AND EXISTS (SELECT 1 FROM lead)
     ORDER BY id FOR UPDATE
 ), handed AS (
     UPDATE bq_jobs j SET status = 'dispatched', attempt = j.attempt + 1,

@@ -8,8 +8,11 @@ worker knows.
 arq settings chosen on purpose (DESIGN §9):
 - `max_jobs` = WORKER_CONCURRENCY; the dispatcher never puts more in arq's
   queue than the live workers' concurrency plus a small prefetch.
-- `poll_delay` 0.05 s: arq's default 0.5 s would add up to half a second to
-  every hand-off and cap a worker near 20 short jobs/s.
+- `poll_delay` 0.01 s: arq's default 0.5 s would add up to half a second to
+  every hand-off and cap a worker near 20 short jobs/s; at 0.05 s a slot freed
+  between polls still idled 25 ms on average, so two workers on short jobs left
+  a fifth of the CPU unused (issue #14, docs/benchmarks.md). An idle worker's
+  100 polls a second cost one cheap Redis command each.
 - `max_tries` 1, `retry_jobs` False, `keep_result` 0: retries, results and
   lapsed work are PostgreSQL's business. A late arq re-run of an attempt
   finds it no longer `dispatched` and does nothing.
@@ -532,7 +535,7 @@ def worker_settings(settings: Settings, **ctx: Any) -> dict[str, Any]:
         "on_shutdown": _shutdown,
         "max_jobs": settings.worker_concurrency,
         "job_timeout": settings.job_timeout_seconds,
-        "poll_delay": 0.05,
+        "poll_delay": 0.01,
         "max_tries": 1,
         "retry_jobs": False,
         "keep_result": 0,
