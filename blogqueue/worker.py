@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import re
@@ -51,6 +52,7 @@ from .pipeline import Parked, Run, StaleAttempt, StopRequested, run_pipeline
 from .settings import Settings, SettingsError
 
 log = structlog.get_logger("blogqueue.worker")
+_arq_log = logging.getLogger("arq.worker")  # ArqWorker's lines under arq's own logger, like the code it replaces
 
 _SECRETISH = re.compile(r"\b(sk|pk|rk|key|tok|token|r8)[-_][A-Za-z0-9_\-]{8,}\b", re.IGNORECASE)
 
@@ -465,7 +467,8 @@ class ArqWorker(Worker):
             for i, job_id in enumerate(batch):
                 took, score = answers[2 * i], answers[2 * i + 1]
                 if not took:
-                    continue  # another worker runs it
+                    _arq_log.debug("job %s already running elsewhere", job_id)  # as arq's own start says
+                    continue
                 if not score or score > now:
                     give_back.append(in_progress_key_prefix + job_id)  # ours, but nothing to run now
                     continue
