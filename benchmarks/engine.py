@@ -82,7 +82,7 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **
         "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS run_s FROM bq_jobs")
     hot = _stop_profiler(spy) if spy else None
     bench.stop_workers()
-    cycles, dispatched, claims = _dispatcher_counts(bench.logdir)
+    cycles, dispatched, claims, grouped = _dispatcher_counts(bench.logdir)
     # The workers' own heartbeats and the benchmark's polling are in this count too: an upper bound.
     return {"system": "blogqueue", "workers": workers, "concurrency": s.worker_concurrency,
             "prefetch": s.dispatch_prefetch, "jobs": jobs, "done": done, "wall_s": t1 - t0,
@@ -93,6 +93,11 @@ async def run_blogqueue(bench: Bench, workers: int, jobs: int, profile: bool, **
             "pg_xacts_per_job": (xacts1 - xacts0 - own["polls"] - enqueues) / jobs,
             "dispatch_cycles": cycles, "jobs_per_dispatch_cycle": dispatched / cycles if cycles else None,
             "claim_statements": claims, "jobs_per_claim": jobs / claims if claims else None,
+            # Group commit (blogqueue.groupcommit): rows per write of checkpoints and of finishes.
+            "rows_per_checkpoint_write": (grouped["checkpoint_rows"] / grouped["checkpoint_statements"]
+                                          if grouped["checkpoint_statements"] else None),
+            "rows_per_finish_write": (grouped["finish_rows"] / grouped["finish_statements"]
+                                      if grouped["finish_statements"] else None),
             "machine_cpu_busy_pct": 100 * (cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]),
             "worker_cpu_ms_per_job": 1000 * (wcpu1 - wcpu0) / jobs,
             "postgres_cpu_ms_per_job": 1000 * pg_cpu / jobs,
@@ -135,10 +140,11 @@ async def run_arq(redis_url: str, workers: int, jobs: int) -> dict[str, Any]:
             "wall_s": wall, "jobs_per_s": jobs / wall}
 
 
-def _dispatcher_counts(logdir: Path) -> tuple[int, int, int]:
-    """Dispatch cycles, dispatched jobs (only the leader's are non-zero) and claim statements
-    from the workers' stop lines."""
+def _dispatcher_counts(logdir: Path) -> tuple[int, int, int, collections.Counter[str]]:
+    """Dispatch cycles, dispatched jobs (only the leader's are non-zero), claim statements and
+    the grouped writes' statements and rows, from the workers' stop lines."""
     cycles = dispatched = claims = 0
+    grouped: collections.Counter[str] = collections.Counter()
     for log in logdir.glob("worker-*.log"):
         text = log.read_text(errors="replace")
         for line in text.splitlines():
@@ -146,8 +152,10 @@ def _dispatcher_counts(logdir: Path) -> tuple[int, int, int]:
                 cycles += _field(line, "dispatcher_cycles")
                 dispatched += _field(line, "dispatched")
                 claims += _field(line, "claim_statements")
+                for name in ("checkpoint_statements", "checkpoint_rows", "finish_statements", "finish_rows"):
+                    grouped[name] += _field(line, name)
         log.unlink()  # the next case starts its own logs
-    return cycles, dispatched, claims
+    return cycles, dispatched, claims, grouped
 
 
 def _field(line: str, name: str) -> int:
@@ -232,10 +240,12 @@ async def main() -> None:
             r["ratio_to_arq"] = r["jobs_per_s"] / arq_rate[r["workers"]]
     table(f"Engine overhead: {args.jobs:,} jobs, offline provider (0 ms), publisher none",
           ["system", "workers", "max_jobs", "wall s", "jobs/s", "vs arq", "PG xacts/job", "CPU busy %",
-           "worker CPU ms/job", "PG CPU ms/job", "jobs/cycle", "jobs/claim", "in flight/cap"],
+           "worker CPU ms/job", "PG CPU ms/job", "jobs/cycle", "jobs/claim", "rows/ckpt write",
+           "rows/finish write", "in flight/cap"],
           [[r["system"], r["workers"], r["concurrency"], r["wall_s"], r["jobs_per_s"], r.get("ratio_to_arq"),
             r.get("pg_xacts_per_job"), r.get("machine_cpu_busy_pct"), r.get("worker_cpu_ms_per_job"),
             r.get("postgres_cpu_ms_per_job"), r.get("jobs_per_dispatch_cycle"), r.get("jobs_per_claim"),
+            r.get("rows_per_checkpoint_write"), r.get("rows_per_finish_write"),
             f"{r['mean_inflight']:.1f}/{r['capacity']}" if r.get("mean_inflight") is not None else None]
            for r in rows])
     for r in rows:

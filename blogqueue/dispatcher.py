@@ -6,17 +6,17 @@ The leader wakes on NOTIFY (`blogqueue_dispatch`: an enqueue) or after
 `DISPATCH_POLL_SECONDS`; while queued work waits for free slots it looks again
 every 10 ms, backing off to 250 ms while nothing frees up (a finished attempt
 sends no NOTIFY: each costs a transaction in every listening backend). Cycles
-run at most every 10 ms, so one hands out what freed up meanwhile. Each cycle,
-in one transaction:
+run at most every 10 ms, so one hands out what freed up meanwhile. A cycle:
 
-1. promotes scheduled work whose `run_at` has come;
-2. returns work whose lease lapsed to the queue (a killed worker, a flushed Redis);
-3. tops in-flight work up to the live workers' capacity (their concurrency
-   plus `DISPATCH_PREFETCH` each, from their heartbeats), choosing with the
-   `fair_candidates` query (weighted round robin between tenants, per-tenant
-   cap, work-conserving);
-4. marks the chosen jobs dispatched (attempt + 1, a lease) and pushes them to
-   arq as `<job>:<attempt>`.
+1. promotes scheduled work whose `run_at` has come and returns work whose lease
+   lapsed to the queue (a killed worker, a flushed Redis): one transaction, at
+   most every HOUSEKEEPING_INTERVAL (100 ms), not in every cycle;
+2. in one statement (`dispatch_cycle`, one round trip): tops in-flight work up
+   to the live workers' capacity (their concurrency plus `DISPATCH_PREFETCH`
+   each, from their heartbeats), choosing as the `fair_candidates` query does
+   (weighted round robin between tenants, per-tenant cap, work-conserving), and
+   marks the chosen jobs dispatched (attempt + 1, a lease);
+3. pushes them to arq as `<job>:<attempt>`.
 
 Keeping in-flight work at the workers' capacity, not at the backlog, is what
 makes fairness possible: arq's queue is FIFO, so whatever sits in it cannot be
@@ -31,7 +31,7 @@ keepalives, so no socket option can tell it from a healthy one. So:
   its own once LEASE_SECONDS have passed since the last renewal that succeeded;
 - a follower looks every HEARTBEAT_SECONDS and takes a lapsed lease over, which
   raises the lease's `epoch` and ends the old holder's leadership connection;
-- every dispatch statement (promote, reap, dispatch) names the epoch it runs
+- every dispatch statement (promote, reap, dispatch_cycle) names the epoch it runs
   under and locks the lease row, so a stale leader that wakes up changes
   nothing; it finds its renewal refused (or its connection ended) and follows.
 
@@ -67,6 +67,7 @@ PROMOTE_BATCH = 5000
 REAP_BATCH = 1000
 MIN_CYCLE_INTERVAL = 0.01  # seconds between dispatch cycles at most; see Dispatcher._lead
 BACKLOG_POLL_MAX = 0.25  # seconds: the longest look-again while queued work waits for a slot
+HOUSEKEEPING_INTERVAL = 0.1  # seconds: promotion of due work and the lease reaper, at most this often
 
 # What ends a leadership term without being a bug: PostgreSQL or Redis unreachable, a
 # statement that timed out on a dead peer, the connection ended by a takeover.
@@ -100,6 +101,7 @@ class Dispatcher:
         self._cycle_mono = 0.0  # monotonic start of the last cycle
         self.backlog = False  # the last cycle left queued work for lack of free slots
         self._backlog_wait = MIN_CYCLE_INTERVAL
+        self._housekeeping_due = 0.0  # monotonic: the next cycle at or after this promotes and reaps
 
     @property
     def is_leader(self) -> bool:
@@ -166,6 +168,7 @@ class Dispatcher:
             return  # another follower was quicker
         self.epoch, self._renewed_at, self._lease_deadline = row["epoch"], sent, sent + s.lease_seconds
         self.terms += 1
+        self._housekeeping_due = 0.0  # a new term promotes and reaps in its first cycle
         # Only the leader listens: followers have nothing to do on a wake-up.
         await self._listen()
         ended = False
@@ -290,36 +293,45 @@ class Dispatcher:
 
     async def _cycle(self, epoch: int) -> bool:
         s = self.settings
-        # One transaction for the whole cycle (promote, reap, capacity, choice, dispatch): one
-        # commit instead of six (issue #14). Each statement still reads what the ones before it
-        # wrote (READ COMMITTED), and every write stays fenced by the epoch. Bounded: a leader
-        # stuck waiting for a pooled connection would hold a lease it cannot use.
-        async with self.pool.acquire(timeout=max(5.0, s.lease_seconds)) as conn, conn.transaction():
+        # Bounded: a leader stuck waiting for a pooled connection would hold a lease it cannot use.
+        async with self.pool.acquire(timeout=max(5.0, s.lease_seconds)) as conn:
+            now = time.monotonic()
+            if now >= self._housekeeping_due:
+                self._housekeeping_due = now + HOUSEKEEPING_INTERVAL
+                await self._housekeeping(conn, epoch)
+            # Capacity, fair choice and hand-out: one statement, one round trip (issue #14).
+            # Only kinds a live worker knows (bq_workers.kinds): others stay queued, never failed.
+            row = await conn.fetchrow(Q["dispatch_cycle"], s.max_inflight_per_tenant, str(self.cycles),
+                                      s.queue_name, s.heartbeat_seconds * 3, s.lease_seconds, epoch)
+        free = row["free"]
+        if free <= 0:
+            # Full with work waiting: finishes free slots without telling anyone; look soon.
+            self.backlog = bool(row["waiting"])
+            return False
+        handed = list(zip(row["ids"], row["attempts"], strict=True))
+        # Pushed once committed: a worker that claims an attempt must find it dispatched.
+        await self._push(handed)
+        self.dispatched += len(handed)
+        self.backlog = len(handed) == free  # there may be more to hand out as slots free up
+        return len(handed) == free
+
+    async def _housekeeping(self, conn: asyncpg.Connection, epoch: int) -> None:
+        """Scheduled work whose time has come back to the queue, and work whose lease lapsed.
+
+        At most every HOUSEKEEPING_INTERVAL rather than every cycle: neither is urgent to the
+        10 ms (a retry waits seconds, a lease lapses in LEASE_SECONDS), and under load the
+        two statements and their transaction were half of a cycle's round trips.
+        One transaction, one commit; both statements fenced by the epoch.
+        """
+        s = self.settings
+        async with conn.transaction():
             await conn.execute(Q["promote_scheduled"], PROMOTE_BATCH, s.queue_name, epoch)
             reaped = await conn.fetch(Q["reap_leases"], s.max_attempts, REAP_BATCH, s.queue_name, epoch)
-            if reaped:
-                log.info("dispatcher: lapsed leases returned to the queue", reaped=len(reaped),
-                         failed=sum(r["status"] == "failed" for r in reaped), epoch=epoch)
-            cap = await conn.fetchrow(Q["free_capacity"], s.queue_name, s.heartbeat_seconds * 3)
-            free = cap["free"]
-            if free <= 0:
-                # Full with work waiting: finishes free slots without telling anyone; look soon.
-                self.backlog = bool(cap["waiting"])
-                return False
-            # Only kinds a live worker knows (bq_workers.kinds): others stay queued, never failed.
-            picked = await conn.fetch(Q["fair_candidates"], free, s.max_inflight_per_tenant, str(self.cycles),
-                                      s.queue_name, s.heartbeat_seconds * 3)
-            if not picked:
-                self.backlog = False
-                return False
-            rows = await conn.fetch(Q["dispatch"], [r["id"] for r in picked], s.lease_seconds, s.queue_name, epoch)
-        # Pushed once committed: a worker that claims an attempt must find it dispatched.
-        await self._push(rows)
-        self.dispatched += len(rows)
-        self.backlog = len(rows) == free  # there may be more to hand out as slots free up
-        return len(rows) == free
+        if reaped:
+            log.info("dispatcher: lapsed leases returned to the queue", reaped=len(reaped),
+                     failed=sum(r["status"] == "failed" for r in reaped), epoch=epoch)
 
-    async def _push(self, rows: list[asyncpg.Record]) -> None:
+    async def _push(self, rows: list[tuple[Any, int]]) -> None:
         """Hands attempts to arq in one Redis round trip.
 
         This writes what arq's `enqueue_job` writes, without its per-job WATCH:
@@ -330,14 +342,14 @@ class Dispatcher:
         now_ms = int(time.time() * 1000)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for r in rows:
-                    job_id = f"{r['id']}:{r['attempt']}"
-                    payload = serialize_job(TASK_NAME, (str(r["id"]), r["attempt"]), {}, None, now_ms)
+                for job, attempt in rows:
+                    job_id = f"{job}:{attempt}"
+                    payload = serialize_job(TASK_NAME, (str(job), attempt), {}, None, now_ms)
                     pipe.psetex(job_key_prefix + job_id, expires_extra_ms, payload)
                     pipe.zadd(self.settings.queue_name, {job_id: now_ms})
                 await pipe.execute()
         except BaseException:
             # Not in Redis: give the work back now instead of waiting for the lease.
             with contextlib.suppress(Exception):
-                await self.pool.execute(Q["undispatch"], [r["id"] for r in rows], [r["attempt"] for r in rows])
+                await self.pool.execute(Q["undispatch"], [r[0] for r in rows], [r[1] for r in rows])
             raise

@@ -7,19 +7,28 @@ again.
 
 When a stage's output is written (issue #14: fewer PostgreSQL round trips per
 job, invariant 3 kept):
-- a stage that made a paid call or a side effect (`run.text`, `run.image`,
-  `run.publish`, `run.write_back`, or `run.mark_effect()`) has its output
-  written as soon as it returns, before the next stage starts;
-- a stage that made none (fetching the source, a skipped image) is cheap to
-  run again, so its output waits for the next write: a paid stage's
-  checkpoint, or the attempt's finish. When a later stage's call is still
-  running after SHOW_STAGE_AFTER seconds, they are written then (which also
-  shows that stage as the job's `stage`): the shown stage lags by at most that;
+- a stage that made a paid call (`run.text`, `run.image`) has its output
+  written before the next paid call or side effect of the attempt starts (in
+  that call's own preparation, awaited before the call is sent), or by the
+  attempt's finish, whichever comes first; and at the latest SHOW_STAGE_AFTER
+  seconds after it returned, so a slow stage without a paid call after it (a
+  long fetch) cannot leave a paid answer unsaved for long. The common tail
+  (image, then a publisher that delivers nothing) thus costs no write of its
+  own: the finish saves both;
+- a stage with an external side effect (`run.publish`, `run.write_back` to a
+  publisher that delivers, or `run.mark_effect()`) has its output written on
+  its own as soon as it returns, before the next stage or the finish, so a
+  crash while finishing never sends the request again
+  (tests/test_crash_publish.py);
+- a stage that made neither (fetching the source, a skipped image) is cheap to
+  run again, so its output waits for the next write: a checkpoint, or the
+  attempt's finish. When a later stage's call is still running after
+  SHOW_STAGE_AFTER seconds, they are written then (which also shows that stage
+  as the job's `stage`): the shown stage lags by at most that;
 - the last stage's output is written by the attempt's finish, in the same
-  statement (`finish_attempt`): nothing runs between the two. Unless that
-  stage had an external side effect (a publisher's delivery, `mark_effect()`):
-  its acknowledgement is saved on its own first, so a crash while finishing
-  never sends the request again (tests/test_crash_publish.py).
+  statement (`finish_attempt`): nothing runs between the two, except as above.
+The writes of a worker's concurrent attempts go out together (group commit,
+blogqueue.worker.Writes); each attempt still awaits its own.
 Every such write is fenced by the attempt like a single checkpoint, and writes
 one `stage_done` event per stage, in stage order. A stage raises
 `blogqueue.RetryableError` (try again on the retry schedule),
@@ -31,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -95,7 +104,8 @@ class Run:
 
     def __init__(self, job: dict[str, Any], *, app: App, settings: Settings, pool: asyncpg.Pool,
                  outputs: dict[str, Any] | None = None,
-                 stored: tuple[str | None, dict[str, str]] | None = None) -> None:
+                 stored: tuple[str | None, dict[str, str]] | None = None,
+                 save_stages: Callable[..., Awaitable[bool]] | None = None) -> None:
         self.job = job
         self.job_id = str(job["id"])
         self.tenant_id = str(job["tenant_id"])
@@ -117,6 +127,10 @@ class Run:
         self._external = False  # ... and that was an external side effect (see run_pipeline)
         self._write_lock = asyncio.Lock()  # one checkpoint write at a time
         self._late: asyncio.Task[None] | None = None  # the pending write of SHOW_STAGE_AFTER
+        # When the oldest paid stage output not written yet returned (loop time); None: none is waiting.
+        self._paid_since: float | None = None
+        # The worker's group commit of checkpoints (blogqueue.worker.Writes); alone: one statement.
+        self._save_stages = save_stages or self._save_alone
 
     # -- provider calls ------------------------------------------------------------
 
@@ -216,12 +230,27 @@ class Run:
 
     async def _before_call(self) -> None:
         self._effect = True
+        if self._paid_since is not None:
+            # Invariant 3: an earlier stage's paid answer is committed before this call starts.
+            # Awaited, and an error (stale attempt, database away) ends the attempt here.
+            await self._settle_late_write()
+            async with self._write_lock:
+                if self._unsaved:
+                    await self._checkpoint(self.stage)
+            return
         if self._unsaved and self._late is None:
             self._late = asyncio.create_task(self._write_late(self.stage))
 
-    async def _write_late(self, stage: str) -> None:
+    def _watch_paid(self, stage: str) -> None:
+        """At the start of a stage while a paid output waits: written SHOW_STAGE_AFTER after it
+        returned unless something writes it first (a paid call's preparation, the finish)."""
+        if self._paid_since is not None and self._late is None:
+            delay = self._paid_since + SHOW_STAGE_AFTER - asyncio.get_running_loop().time()
+            self._late = asyncio.create_task(self._write_late(stage, delay))
+
+    async def _write_late(self, stage: str, delay: float = SHOW_STAGE_AFTER) -> None:
         """Writes the outputs still unsaved when the call has run SHOW_STAGE_AFTER seconds."""
-        await asyncio.sleep(SHOW_STAGE_AFTER)
+        await asyncio.sleep(max(0.0, delay))
         # Shielded: once started, the write completes (the stage's end waits on the lock).
         await asyncio.shield(self._write_unsaved(stage))
 
@@ -257,13 +286,17 @@ class Run:
     async def _checkpoint(self, following: str | None) -> None:
         """Saves the unsaved stage outputs while this attempt still owns the job; StaleAttempt if it does not."""
         names = [n for n, _ in self._unsaved]
-        owned = await self._pool.fetchval(Q["save_stages"], self.job["id"], self.attempt, names,
-                                          [o for _, o in self._unsaved], following)
+        owned = await self._save_stages(self.job["id"], self.attempt, names, [o for _, o in self._unsaved],
+                                        following)
         if not owned:
             raise StaleAttempt(names[-1])
         self._unsaved.clear()
+        self._paid_since = None
         if self.stage in names:  # the running stage's output is saved: its held answers need no write
             self._calls.checkpointed()
+
+    async def _save_alone(self, *args: Any) -> bool:
+        return bool(await self._pool.fetchval(Q["save_stages"], *args))
 
     def unsaved(self) -> tuple[list[str], list[dict[str, Any]]]:
         """Finished stages whose outputs are not written yet (names, outputs), for the attempt's finish."""
@@ -316,6 +349,7 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
             raise StopRequested
         run.stage = name
         run._effect = run._external = False
+        run._watch_paid(name)
         try:
             output = await stage(run)
         except Exception:
@@ -333,9 +367,12 @@ async def run_pipeline(run: Run, should_stop: Callable[[], bool]) -> dict[str, A
         run.outputs[name] = output
         run._unsaved.append((name, output))
         following = names[i + 1] if i + 1 < len(names) else None
-        # The last stage's output goes with the finish (unless it delivered something: see the
-        # module's docstring); a stage without a paid call or a side effect waits for the next
-        # write. Only a paid stage's output is written here, now.
-        if (run._effect and following is not None) or run._external:
+        # See the module's docstring: a delivery's acknowledgement is written here, now; a paid
+        # answer before the next paid call, by the finish, or SHOW_STAGE_AFTER from now; a free
+        # stage's output with the next write. A paid stage followed only by free ones (image,
+        # then a publisher that delivers nothing) so costs no statement of its own.
+        if run._external:
             await run._checkpoint(following)
+        elif run._effect and run._paid_since is None:
+            run._paid_since = asyncio.get_running_loop().time()
     return kind.result(run) if kind.result is not None else {n: run.outputs[n] for n in names}

@@ -258,6 +258,73 @@ UPDATE bq_jobs j SET status = 'dispatched', attempt = j.attempt + 1,
 FROM locked l WHERE j.id = l.id AND j.status = 'queued'
 RETURNING j.id, j.attempt;
 
+-- name: dispatch_cycle
+-- One dispatch cycle's choice and hand-out as one statement: one round trip and one commit
+-- instead of a transaction of four (issue #14). The same steps as `free_capacity`,
+-- `fair_candidates` and `dispatch`, in that order, read in one snapshot: free slots of
+-- queue $3's live workers (heartbeat within $4 s) minus the attempts in flight; the fair
+-- choice of at most that many queued jobs ($1 per-tenant cap, $2 rotation salt, only kinds
+-- a live worker knows); those still queued marked dispatched (attempt + 1, a lease of $5 s,
+-- locked in id order), fenced by the leadership epoch $6 like `dispatch`: a stale leader
+-- hands out nothing. Always one row: `free`, `waiting` (is work queued?) and the attempts
+-- handed out (empty arrays when none).
+WITH RECURSIVE lead AS (
+    SELECT 1 FROM bq_leader WHERE queue_name = $3 AND epoch = $6 AND lease_until > now() FOR SHARE
+), cap AS (
+    SELECT EXISTS (SELECT 1 FROM bq_jobs WHERE status = 'queued') AS waiting,
+           (SELECT coalesce(sum(concurrency + prefetch), 0) FROM bq_workers
+            WHERE queue_name = $3 AND stopped_at IS NULL
+              AND heartbeat_at > now() - make_interval(secs => $4))::int
+         - (SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running'))::int AS free
+), served AS (
+    SELECT DISTINCT unnest(coalesce(kinds, ARRAY['blog_post', 'product_optimization'])) AS kind
+    FROM bq_workers
+    WHERE queue_name = $3 AND stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $4)
+), tenants AS (
+    (SELECT tenant_id FROM bq_jobs WHERE status = 'queued' AND (SELECT free FROM cap) > 0
+     ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id FROM bq_jobs j
+            WHERE j.status = 'queued' AND j.tenant_id > t.tenant_id
+            ORDER BY j.tenant_id LIMIT 1)
+    FROM tenants t WHERE t.tenant_id IS NOT NULL
+), inflight AS (
+    SELECT tenant_id, count(*) AS n FROM bq_jobs
+    WHERE status IN ('dispatched', 'running') GROUP BY tenant_id
+), candidates AS (
+    SELECT c.id, t.tenant_id, coalesce(i.n, 0) + c.rn AS slot, coalesce(w.weight, 1) AS weight, c.rn
+    FROM tenants t
+    LEFT JOIN inflight i ON i.tenant_id = t.tenant_id
+    LEFT JOIN bq_tenants w ON w.tenant_id = t.tenant_id
+    CROSS JOIN LATERAL (
+        SELECT j.id, row_number() OVER (ORDER BY j.priority DESC, j.attempt, j.created_at, j.id) AS rn
+        FROM bq_jobs j
+        WHERE j.tenant_id = t.tenant_id AND j.status = 'queued' AND j.kind IN (SELECT kind FROM served)
+        ORDER BY j.priority DESC, j.attempt, j.created_at, j.id
+        LIMIT (SELECT greatest(free, 0) FROM cap)
+    ) c
+    WHERE t.tenant_id IS NOT NULL
+), picked AS (
+    SELECT id FROM candidates
+    ORDER BY (slot > $1::bigint * weight), slot::float8 / weight, md5(tenant_id || $2::text), rn
+    LIMIT (SELECT greatest(free, 0) FROM cap)
+), locked AS (
+    -- = ANY(ARRAY(...)), not IN (...): the planner cannot know `picked` is small, and chose
+    -- a scan of every queued job for the semi-join; an array probes the primary key.
+    SELECT id FROM bq_jobs WHERE id = ANY (ARRAY(SELECT id FROM picked)) AND status = 'queued'
+      AND EXISTS (SELECT 1 FROM lead)
+    ORDER BY id FOR UPDATE
+), handed AS (
+    UPDATE bq_jobs j SET status = 'dispatched', attempt = j.attempt + 1,
+        lease_until = now() + make_interval(secs => $5), dispatched_at = clock_timestamp(), updated_at = now()
+    FROM locked l WHERE j.id = l.id AND j.status = 'queued'
+    RETURNING j.id, j.attempt
+)
+SELECT c.free, c.waiting,
+       coalesce((SELECT array_agg(h.id ORDER BY h.id) FROM handed h), '{}'::uuid[]) AS ids,
+       coalesce((SELECT array_agg(h.attempt ORDER BY h.id) FROM handed h), '{}'::int[]) AS attempts
+FROM cap c;
+
 -- name: undispatch
 -- Gives back attempts the dispatcher could not push to arq. Only those very attempts:
 -- if one lapsed meanwhile and another leader handed out its next attempt, it is left alone.
@@ -387,9 +454,16 @@ WHERE id = $1;
 
 -- name: renew_leases
 -- Keeps this worker's running attempts alive and tells it which ones were asked to stop.
-UPDATE bq_jobs SET lease_until = now() + make_interval(secs => $3)
-WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::uuid[])
-RETURNING id, cancel_requested;
+-- Rows locked in id order, like every multi-row writer: the worker's grouped checkpoints
+-- and finishes (one transaction for several jobs) lock theirs in id order too, so the two
+-- cannot deadlock.
+WITH locked AS (
+    SELECT id FROM bq_jobs WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::uuid[])
+    ORDER BY id FOR UPDATE
+)
+UPDATE bq_jobs j SET lease_until = now() + make_interval(secs => $3)
+FROM locked l WHERE j.id = l.id AND j.worker_id = $1 AND j.status = 'running'
+RETURNING j.id, j.cancel_requested;
 
 -- name: stop_worker
 UPDATE bq_workers SET stopped_at = now(), in_flight = 0, is_leader = false WHERE id = $1;

@@ -8,8 +8,11 @@ worker knows.
 arq settings chosen on purpose (DESIGN §9):
 - `max_jobs` = WORKER_CONCURRENCY; the dispatcher never puts more in arq's
   queue than the live workers' concurrency plus a small prefetch.
-- `poll_delay` 0.05 s: arq's default 0.5 s would add up to half a second to
-  every hand-off and cap a worker near 20 short jobs/s.
+- `poll_delay` 0.01 s: arq's default 0.5 s would add up to half a second to
+  every hand-off and cap a worker near 20 short jobs/s; at 0.05 s a slot freed
+  between polls still idled 25 ms on average, so two workers on short jobs left
+  a fifth of the CPU unused (issue #14, docs/benchmarks.md). An idle worker's
+  100 polls a second cost one cheap Redis command each.
 - `max_tries` 1, `retry_jobs` False, `keep_result` 0: retries, results and
   lapsed work are PostgreSQL's business. A late arq re-run of an attempt
   finds it no longer `dispatched` and does nothing.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import re
@@ -32,7 +36,10 @@ from typing import Any
 
 import asyncpg
 import structlog
-from arq.worker import func
+import uvloop
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from . import db
@@ -40,10 +47,12 @@ from .app import App, load
 from .db import Q
 from .dispatcher import TASK_NAME, Dispatcher
 from .errors import FatalError, JobError, RateLimited
+from .groupcommit import GroupCommit, by_id
 from .pipeline import Parked, Run, StaleAttempt, StopRequested, run_pipeline
 from .settings import Settings, SettingsError
 
 log = structlog.get_logger("blogqueue.worker")
+_arq_log = logging.getLogger("arq.worker")  # ArqWorker's lines under arq's own logger, like the code it replaces
 
 _SECRETISH = re.compile(r"\b(sk|pk|rk|key|tok|token|r8)[-_][A-Za-z0-9_\-]{8,}\b", re.IGNORECASE)
 
@@ -71,6 +80,7 @@ class WorkerRuntime:
         self._listen_conn: asyncpg.Connection | None = None
         self._status_mark = (time.monotonic(), 0, 0)
         self.claims = Claims(pool, self.worker_id, settings.lease_seconds)
+        self.writes = Writes(pool)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -101,7 +111,9 @@ class WorkerRuntime:
             await self.pool.execute(Q["stop_worker"], self.worker_id, timeout=2)
         log.info("worker stopped", worker=self.worker_id, done=self.done, failed=self.failed,
                  dispatcher_cycles=self.dispatcher.cycles, dispatched=self.dispatcher.dispatched,
-                 claim_statements=self.claims.statements)
+                 claim_statements=self.claims.statements, checkpoint_statements=self.writes.checkpoints.statements,
+                 checkpoint_rows=self.writes.checkpoints.rows, finish_statements=self.writes.finishes.statements,
+                 finish_rows=self.writes.finishes.rows)
 
     async def _listen(self) -> None:
         """Stop requests arrive by NOTIFY; heartbeats catch any that were missed.
@@ -217,7 +229,7 @@ class WorkerRuntime:
     async def _run(self, job_id: str, job: dict[str, Any]) -> str:
         stored = (job.pop("ai_preferred_model"), dict(job.pop("ai_keys")))  # read by the claim: see resolve()
         run = Run(job, app=self.app, settings=self.settings, pool=self.pool, outputs=dict(job.pop("stages")),
-                  stored=stored)
+                  stored=stored, save_stages=self.writes.save_stages)
         task = asyncio.create_task(run_pipeline(run, lambda: job_id in self.stop_requested))
         self.running[job_id] = task
         try:
@@ -282,8 +294,8 @@ class WorkerRuntime:
         # attempt's finish saves nothing. `following`: the stage a retry resumes at.
         names, outputs = run.unsaved() if run is not None else ([], [])
         following = run.stage if names and run is not None and run.stage != names[-1] else None
-        row = await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], job["id"], job["attempt"], status,
-                                 failures, delay, error, code, result, event, detail, names, outputs, following)
+        row = await self.writes.finish(job["id"], job["attempt"], status, failures, delay, error, code, result,
+                                       event, detail, names, outputs, following)
         if row is None:
             log.info("attempt no longer owns the job; its finish was refused", stage=(detail or {}).get("stage"),
                      wanted=status)
@@ -298,56 +310,95 @@ class WorkerRuntime:
 class Claims:
     """Claims the attempts arq starts, several in one statement (`claim_attempts`).
 
-    Group commit: at most one claim statement per worker is in flight; attempts that
-    arrive meanwhile (arq starts the jobs of one poll one after another, a Redis round
-    trip apart) wait for it and are claimed together by the next one. An idle worker
-    claims at once; a busy one pays one round trip and one transaction for many
-    attempts instead of one each (issue #14). Each row is fenced on its own: a stale
-    attempt in a batch gets None and changes nothing.
+    Group commit (blogqueue.groupcommit): at most one claim statement per worker is in
+    flight; attempts that arrive meanwhile (arq starts the jobs of one poll one after
+    another, a Redis round trip apart) wait for it and are claimed together by the next
+    one. An idle worker claims at once; a busy one pays one round trip and one
+    transaction for many attempts instead of one each (issue #14). Each row is fenced on
+    its own: a stale attempt in a batch gets None and changes nothing.
     """
 
     def __init__(self, pool: asyncpg.Pool, worker_id: str, lease_seconds: float) -> None:
         self.pool, self.worker_id, self.lease_seconds = pool, worker_id, lease_seconds
-        self._waiting: list[tuple[uuid.UUID, int, asyncio.Future[asyncpg.Record | None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.statements = 0  # claim statements run (a batch each), for the engine benchmark
+        self._group: GroupCommit[tuple[uuid.UUID, int], asyncpg.Record | None] = GroupCommit(
+            "claims", self._write, orphan=self._release)
+
+    @property
+    def statements(self) -> int:
+        """Claim statements run (a batch each), for the engine benchmark."""
+        return self._group.statements
 
     async def claim(self, job_id: uuid.UUID, attempt: int) -> asyncpg.Record | None:
-        fut: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((job_id, attempt, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="blogqueue-claims")
-        return await fut
+        return await self._group.submit((job_id, attempt))
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # attempts started in this same loop turn join the first batch
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                rows = await _retrying_db(self.pool.fetch, Q["claim_attempts"], [b[0] for b in batch],
-                                          [b[1] for b in batch], self.worker_id, self.lease_seconds)
-            except BaseException as exc:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            self.statements += 1
-            by_id = {r["id"]: r for r in rows}
-            for job_id, attempt, fut in batch:
-                # pop: a duplicate run of the same attempt in the same batch gets None (invariant 2).
-                row = by_id.pop(job_id, None)
-                if row is not None and row["attempt"] != attempt:
-                    row = None
-                if not fut.done():
-                    fut.set_result(row)
-                elif row is not None:
-                    # Its arq run was cancelled (shutdown) while the batch was in flight: give the
-                    # attempt back unpaid now rather than when its lease lapses.
-                    with contextlib.suppress(*DB_DOWN):
-                        await self.pool.fetchrow(Q["finish_attempt"], job_id, attempt, "queued", 0, 0.0, None,
-                                                 None, None, "released", None, [], [], None)
+    async def _write(self, batch: list[tuple[uuid.UUID, int]]) -> list[asyncpg.Record | None]:
+        rows = await _retrying_db(self.pool.fetch, Q["claim_attempts"], [b[0] for b in batch],
+                                  [b[1] for b in batch], self.worker_id, self.lease_seconds)
+        by_id = {r["id"]: r for r in rows}
+        out: list[asyncpg.Record | None] = []
+        for job_id, attempt in batch:
+            # pop: a duplicate run of the same attempt in the same batch gets None (invariant 2).
+            row = by_id.pop(job_id, None)
+            out.append(row if row is not None and row["attempt"] == attempt else None)
+        return out
+
+    async def _release(self, item: tuple[uuid.UUID, int], row: asyncpg.Record | None) -> None:
+        # Its arq run was cancelled (shutdown) while the batch was in flight: give the
+        # attempt back unpaid now rather than when its lease lapses.
+        if row is not None:
+            with contextlib.suppress(*DB_DOWN):
+                await self.pool.fetchrow(Q["finish_attempt"], item[0], item[1], "queued", 0, 0.0, None,
+                                         None, None, "released", None, [], [], None)
+
+
+FinishArgs = tuple[Any, ...]  # finish_attempt's parameters, $1 (job id) first
+CheckpointArgs = tuple[Any, ...]  # save_stages' parameters, $1 (job id) first
+
+
+class Writes:
+    """The per-attempt writes of this worker's concurrent attempts, group-committed
+    (blogqueue.groupcommit): checkpoints (`save_stages`) and finishes (`finish_attempt`).
+
+    Each flush runs the named statement once per row, pipelined in one round trip and
+    one implicit transaction (asyncpg `fetchmany`): per row exactly the fenced statement
+    a single write runs, so a stale attempt's row is refused and changes nothing, and the
+    statements of one transaction lock their jobs in id order, like every multi-row
+    writer (no deadlock). Each caller awaits its own row, so a paid stage's output is
+    still committed before that job's next paid call starts (invariant 3).
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        key = _first
+        self.checkpoints: GroupCommit[CheckpointArgs, bool] = GroupCommit("checkpoints", self._save, key=key)
+        self.finishes: GroupCommit[FinishArgs, asyncpg.Record | None] = GroupCommit("finishes", self._finish,
+                                                                                      key=key)
+
+    async def save_stages(self, *args: Any) -> bool:
+        return await self.checkpoints.submit(args)
+
+    async def finish(self, *args: Any) -> asyncpg.Record | None:
+        return await self.finishes.submit(args)
+
+    async def _save(self, items: list[CheckpointArgs]) -> list[bool]:
+        # Not retried here (as before grouping): a checkpoint whose connection died is the
+        # attempt's database error, and the worker releases the attempt.
+        if len(items) == 1:
+            return [bool(await self.pool.fetchval(Q["save_stages"], *items[0]))]
+        ordered = sorted(items, key=_first)
+        rows = await self.pool.fetchmany(Q["save_stages"], ordered)
+        owned = {a[0]: bool(r["owned"]) for a, r in zip(ordered, rows, strict=True)}  # one row per statement
+        return [owned[a[0]] for a in items]
+
+    async def _finish(self, items: list[FinishArgs]) -> list[asyncpg.Record | None]:
+        if len(items) == 1:
+            return [await _retrying_db(self.pool.fetchrow, Q["finish_attempt"], *items[0])]
+        rows = await _retrying_db(self.pool.fetchmany, Q["finish_attempt"], sorted(items, key=_first))
+        return by_id(rows, [a[0] for a in items])  # a refused finish returns no row
+
+
+def _first(args: tuple[Any, ...]) -> Any:
+    return args[0]
 
 
 # Our own database being unreachable for a moment: restarts, terminated backends, a full
@@ -382,6 +433,55 @@ async def _retrying_db(call: Any, *args: Any, tries: int = 6) -> Any:
 
 
 # -- arq glue --------------------------------------------------------------------
+
+class ArqWorker(Worker):
+    """arq's Worker, taking the jobs of a poll in one Redis round trip instead of four per
+    job (issue #14).
+
+    arq 0.28 takes each job with WATCH on its in-progress key, EXISTS, ZSCORE, then
+    MULTI/PSETEX/EXEC: four round trips per job, three of them paid again by every worker
+    that loses the race for it (with prefetch-sized queues, the workers' polls see the
+    same few jobs, so most polls race). Here one MULTI/EXEC does `SET in-progress NX PX`
+    and `ZSCORE` for as many of the polled jobs as there are free slots: the key is the
+    same lock arq's check-then-set guards, now taken atomically, so one worker runs a job
+    and the others learn it in the same round trip. A job already finished and removed
+    (no score) or not due yet gives its key back. Nothing depends on the key for
+    correctness anyway: PostgreSQL's fenced claim decides which run of an attempt may
+    work (invariant 2). `arq blogqueue.worker.WorkerSettings` runs arq's own Worker.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        pending = [j.decode() for j in job_ids]
+        while pending:
+            free = self.max_jobs - self.job_counter
+            if free <= 0:
+                return None
+            batch, pending = pending[:free], pending[free:]
+            ttl_ms = int(self.in_progress_timeout_s * 1000)
+            async with self.pool.pipeline(transaction=True) as pipe:
+                for job_id in batch:
+                    pipe.set(in_progress_key_prefix + job_id, b"1", px=ttl_ms, nx=True)
+                    pipe.zscore(self.queue_name, job_id)
+                answers = await pipe.execute()
+            now, give_back = timestamp_ms(), []
+            for i, job_id in enumerate(batch):
+                took, score = answers[2 * i], answers[2 * i + 1]
+                if not took:
+                    _arq_log.debug("job %s already running elsewhere", job_id)  # as arq's own start says
+                    continue
+                if not score or score > now:
+                    give_back.append(in_progress_key_prefix + job_id)  # ours, but nothing to run now
+                    continue
+                # Never waits: only this loop adds jobs, and it takes at most the free slots.
+                await self.sem.acquire()
+                self.job_counter = self.job_counter + 1
+                t = self.loop.create_task(self.run_job(job_id, int(score)))
+                t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = t
+            if give_back:
+                await self.pool.delete(*give_back)
+        return None
+
 
 async def run_attempt(ctx: dict[str, Any], job_id: str, attempt: int) -> str:
     runtime: WorkerRuntime = ctx["blogqueue"]
@@ -438,7 +538,7 @@ def worker_settings(settings: Settings, **ctx: Any) -> dict[str, Any]:
         "on_shutdown": _shutdown,
         "max_jobs": settings.worker_concurrency,
         "job_timeout": settings.job_timeout_seconds,
-        "poll_delay": 0.05,
+        "poll_delay": 0.01,
         "max_tries": 1,
         "retry_jobs": False,
         "keep_result": 0,
@@ -458,17 +558,18 @@ def run(settings: Settings, app: App | None = None) -> None:
     closes), waits with backoff and starts a fresh arq worker in the same
     process. (`arq blogqueue.worker.WorkerSettings` has no such loop.)
     """
-    from arq.worker import run_worker
-
     app = app or load(settings.app)
     backoff = 1.0
     while True:
-        loop = asyncio.new_event_loop()
+        # uvloop (a dependency, for `serve` too): the worker's time is mostly round trips to Redis
+        # and PostgreSQL, and its C event loop and transports cost far less per send and wake-up
+        # than asyncio's (issue #14, docs/benchmarks.md).
+        loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         kwargs = worker_settings(settings, app=app)
         started = time.monotonic()
         try:
-            run_worker(kwargs)  # type: ignore[arg-type]
+            ArqWorker(**kwargs).run()
             return
         except (RedisError, OSError, *DB_ERRORS) as exc:
             # Unreachable peers only (OSError covers refused, unroutable and timed-out connects);

@@ -117,3 +117,41 @@ async def test_claims_started_together_share_one_statement_and_a_duplicate_gets_
     assert claims.statements == 1
     assert [g is not None for g in got] == [True, True, True, False]
     assert [g["id"] for g in got[:3]] == ids
+
+
+async def test_grouped_checkpoints_and_finishes_are_fenced_row_by_row(client, pool):
+    import asyncio
+
+    from blogqueue.worker import Writes
+
+    ok = await jobs_in(client, pool, 3, "running")
+    (stale,) = await jobs_in(client, pool, 1, "running", attempt=2)
+    writes = Writes(pool)
+    # The checkpoints of four attempts made at once: one write; the stale attempt's row is refused.
+    saved = await asyncio.gather(*(writes.save_stages(j, 1, ["source"], [{"s": i}], "content")
+                                   for i, j in enumerate([*ok, stale])))
+    assert saved == [True, True, True, False] and writes.checkpoints.statements == 1
+    assert await stages(pool, ok[1]) == {"source": {"s": 1}}
+    assert await stages(pool, stale) == {} and await events(pool, stale) == []
+    rows = await asyncio.gather(*(writes.finish(j, 1, "done", 0, 0.0, None, None, {"ok": True}, "done", None,
+                                                ["content"], [{"c": 1}], None) for j in [*ok, stale]))
+    assert [r["id"] if r else None for r in rows] == [*ok, None] and writes.finishes.statements == 1
+    assert await stages(pool, ok[2]) == {"source": {"s": 2}, "content": {"c": 1}}
+    assert [e for e, _ in await events(pool, ok[0])] == ["stage_done", "stage_done", "done"]
+    job = await pool.fetchrow("SELECT status, result, attempt, finished_at FROM bq_jobs WHERE id = $1", stale)
+    assert (job["status"], job["result"], job["attempt"], job["finished_at"]) == ("running", None, 2, None)
+
+
+async def test_two_finishes_of_one_attempt_never_share_a_write(client, pool):
+    import asyncio
+
+    from blogqueue.worker import Writes
+
+    (jid,) = await jobs_in(client, pool, 1, "running")
+    writes = Writes(pool)
+    first, second = await asyncio.gather(*(writes.finish(jid, 1, status, 0, 0.0, None, None, None, status, None,
+                                                         [], [], None) for status in ("done", "failed")))
+    # The second waits for the next write and finds the attempt no longer running.
+    assert first is not None and first["status"] == "done" and second is None
+    assert writes.finishes.statements == 2
+    assert [e for e, _ in await events(pool, jid)] == ["done"]

@@ -68,6 +68,54 @@ async def _pick(pool, settings, capacity, cap=CAP):
     return rows, counts
 
 
+async def _dispatch_choice(pool, settings, capacity, cap=CAP, epoch=7):
+    """What the dispatcher's one statement (`dispatch_cycle`) hands out with `capacity` free
+    slots, per tenant; rolled back, so the state stays as it was."""
+    inflight = await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running')")
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("UPDATE bq_workers SET stopped_at = now() WHERE queue_name = $1", settings.queue_name)
+            await conn.execute(
+                "INSERT INTO bq_workers (id, queue_name, hostname, pid, concurrency, prefetch, kinds) "
+                "VALUES ('cycle', $1, 'h', 1, $2, 0, $3)", settings.queue_name, capacity + inflight,
+                ["blog_post", "product_optimization"])
+            await conn.execute(
+                "INSERT INTO bq_leader (queue_name, epoch, holder, backend_pid, lease_until) "
+                "VALUES ($1, 7, 'cycle', pg_backend_pid(), now() + interval '1 minute') ON CONFLICT (queue_name) "
+                "DO UPDATE SET epoch = 7, lease_until = excluded.lease_until", settings.queue_name)
+            row = await conn.fetchrow(Q["dispatch_cycle"], cap, "salt", settings.queue_name, 30.0, 30.0, epoch)
+            tenants = await conn.fetch("SELECT tenant_id, status, attempt FROM bq_jobs WHERE id = ANY($1::uuid[])",
+                                       row["ids"])
+        finally:
+            await tx.rollback()
+    assert row["free"] == capacity
+    assert all(t["status"] == "dispatched" for t in tenants) and len(tenants) == len(row["ids"])
+    counts: dict[str, int] = {}
+    for t in tenants:
+        counts[t["tenant_id"]] = counts.get(t["tenant_id"], 0) + 1
+    return row, counts
+
+
+async def test_the_dispatch_cycle_hands_out_the_fair_choice(client, pool, settings):
+    # The dispatcher's one statement chooses as fair_candidates does, and only under its epoch.
+    await client.enqueue("a", keyword_jobs(30))
+    await client.enqueue("b", keyword_jobs(30))
+    await client.enqueue("c", keyword_jobs(3))
+    await pool.execute("UPDATE bq_jobs SET status = 'running' WHERE id IN "
+                       "(SELECT id FROM bq_jobs WHERE tenant_id = 'a' LIMIT 6)")
+    await pool.execute("INSERT INTO bq_tenants (tenant_id, weight) VALUES ('b', 2)")
+    for capacity in (6, 20, 40):
+        _, expected = await _pick(pool, settings, capacity)
+        _, counts = await _dispatch_choice(pool, settings, capacity)
+        assert counts == expected, capacity
+    # A stale epoch hands out nothing and changes nothing.
+    row, counts = await _dispatch_choice(pool, settings, 10, epoch=6)
+    assert counts == {} and list(row["ids"]) == []
+    assert await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status = 'dispatched'") == 0
+
+
 async def test_candidates_water_fill_below_the_cap_first(client, pool, settings):
     await client.enqueue("a", keyword_jobs(30))
     await client.enqueue("b", keyword_jobs(30))
