@@ -13,8 +13,8 @@ run at most every 10 ms, so one hands out what freed up meanwhile. A cycle:
    most every HOUSEKEEPING_INTERVAL (100 ms), not in every cycle;
 2. in one statement (`dispatch_cycle`, one round trip): tops in-flight work up
    to the live workers' capacity (their concurrency plus `DISPATCH_PREFETCH`
-   each, from their heartbeats), choosing as the `fair_candidates` query does
-   (weighted round robin between tenants, per-tenant cap, work-conserving), and
+   each, from their heartbeats), choosing fairly (weighted round robin between
+   tenants, per-tenant cap, work-conserving: the query's comment says how), and
    marks the chosen jobs dispatched (attempt + 1, a lease);
 3. pushes them to arq as `<job>:<attempt>`.
 

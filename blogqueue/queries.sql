@@ -194,80 +194,24 @@ WITH lead AS (
 )
 SELECT id, attempt, status FROM upd;
 
--- name: free_capacity
--- Free in-flight slots: the live workers' concurrency plus prefetch ($1 queue, heartbeat
--- within $2 s) minus the attempts dispatched or running; `waiting`: is work queued?
-SELECT EXISTS (SELECT 1 FROM bq_jobs WHERE status = 'queued') AS waiting,
-       (SELECT coalesce(sum(concurrency + prefetch), 0) FROM bq_workers
-        WHERE queue_name = $1 AND stopped_at IS NULL
-          AND heartbeat_at > now() - make_interval(secs => $2))::int
-     - (SELECT count(*) FROM bq_jobs WHERE status IN ('dispatched', 'running'))::int AS free;
-
--- name: fair_candidates
--- Weighted round robin as water-filling: every candidate gets the in-flight count
--- its tenant would reach by taking it ("slot"); candidates are taken lowest
--- slot/weight first, so each free slot goes to the tenant furthest below its share.
--- Candidates that would pass the per-tenant cap come after every one that would
--- not: the cap binds only while other tenants have work that can use the slot.
--- Ties between tenants rotate with $3. Only kinds some live worker of queue $4 knows
--- (heartbeat within $5 s) are candidates: other kinds wait for such a worker.
-WITH RECURSIVE served AS (
-    SELECT DISTINCT unnest(coalesce(kinds, ARRAY['blog_post', 'product_optimization'])) AS kind
-    FROM bq_workers
-    WHERE queue_name = $4 AND stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $5)
-), tenants AS (
-    (SELECT tenant_id FROM bq_jobs WHERE status = 'queued' ORDER BY tenant_id LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.tenant_id FROM bq_jobs j
-            WHERE j.status = 'queued' AND j.tenant_id > t.tenant_id
-            ORDER BY j.tenant_id LIMIT 1)
-    FROM tenants t WHERE t.tenant_id IS NOT NULL
-), inflight AS (
-    SELECT tenant_id, count(*) AS n FROM bq_jobs
-    WHERE status IN ('dispatched', 'running') GROUP BY tenant_id
-), candidates AS (
-    SELECT c.id, t.tenant_id, coalesce(i.n, 0) + c.rn AS slot, coalesce(w.weight, 1) AS weight, c.rn
-    FROM tenants t
-    LEFT JOIN inflight i ON i.tenant_id = t.tenant_id
-    LEFT JOIN bq_tenants w ON w.tenant_id = t.tenant_id
-    CROSS JOIN LATERAL (
-        SELECT j.id, row_number() OVER (ORDER BY j.priority DESC, j.attempt, j.created_at, j.id) AS rn
-        FROM bq_jobs j
-        WHERE j.tenant_id = t.tenant_id AND j.status = 'queued' AND j.kind IN (SELECT kind FROM served)
-        ORDER BY j.priority DESC, j.attempt, j.created_at, j.id
-        LIMIT $1
-    ) c
-    WHERE t.tenant_id IS NOT NULL
-)
-SELECT id, tenant_id FROM candidates
-ORDER BY (slot > $2::bigint * weight), slot::float8 / weight, md5(tenant_id || $3::text), rn
-LIMIT $1;
-
--- name: dispatch
--- Multi-row writers (this, stop_jobs) lock rows in id order, so they cannot deadlock.
--- Fenced by the leadership epoch ($3 queue, $4 epoch), like promote_scheduled: a stale
--- leader hands out nothing, so it pushes nothing to arq.
-WITH lead AS (
-    SELECT 1 FROM bq_leader WHERE queue_name = $3 AND epoch = $4 AND lease_until > now() FOR SHARE
-), locked AS (
-    SELECT id FROM bq_jobs WHERE id = ANY($1::uuid[]) AND status = 'queued' AND EXISTS (SELECT 1 FROM lead)
-    ORDER BY id FOR UPDATE
-)
-UPDATE bq_jobs j SET status = 'dispatched', attempt = j.attempt + 1,
-    lease_until = now() + make_interval(secs => $2), dispatched_at = clock_timestamp(), updated_at = now()
-FROM locked l WHERE j.id = l.id AND j.status = 'queued'
-RETURNING j.id, j.attempt;
-
 -- name: dispatch_cycle
 -- One dispatch cycle's choice and hand-out as one statement: one round trip and one commit
--- instead of a transaction of four (issue #14). The same steps as `free_capacity`,
--- `fair_candidates` and `dispatch`, in that order, read in one snapshot: free slots of
--- queue $3's live workers (heartbeat within $4 s) minus the attempts in flight; the fair
--- choice of at most that many queued jobs ($1 per-tenant cap, $2 rotation salt, only kinds
--- a live worker knows); those still queued marked dispatched (attempt + 1, a lease of $5 s,
--- locked in id order), fenced by the leadership epoch $6 like `dispatch`: a stale leader
--- hands out nothing. Always one row: `free`, `waiting` (is work queued?) and the attempts
--- handed out (empty arrays when none).
+-- instead of a transaction of four (issue #14), read in one snapshot:
+-- 1. capacity: free slots of queue $3's live workers (heartbeat within $4 s: concurrency
+--    plus prefetch) minus the attempts dispatched or running; `waiting`: is work queued?
+-- 2. the fair choice of at most that many queued jobs, weighted round robin as
+--    water-filling: every candidate gets the in-flight count its tenant would reach by
+--    taking it ("slot"); candidates are taken lowest slot/weight first, so each free slot
+--    goes to the tenant furthest below its share. Candidates that would pass the
+--    per-tenant cap $1 come after every one that would not: the cap binds only while
+--    other tenants have work that can use the slot. Ties between tenants rotate with $2.
+--    Only kinds some live worker of the queue knows are candidates: other kinds wait
+--    for such a worker. Within a tenant: priority, then fewer attempts, then oldest.
+-- 3. the hand-out: those still queued marked dispatched (attempt + 1, a lease of $5 s),
+--    locked in id order like every multi-row writer (stop_jobs, claim_attempts), so they
+--    cannot deadlock; fenced by the leadership epoch $6 like promote_scheduled: a stale
+--    leader hands out nothing, so it pushes nothing to arq.
+-- Always one row: `free`, `waiting` and the attempts handed out (empty arrays when none).
 WITH RECURSIVE lead AS (
     SELECT 1 FROM bq_leader WHERE queue_name = $3 AND epoch = $6 AND lease_until > now() FOR SHARE
 ), cap AS (
