@@ -74,6 +74,7 @@ class WorkerRuntime:
         self.running: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self.stop_requested: set[str] = set()
         self.lost: set[str] = set()  # running attempts whose lease another worker's leader reaped
+        self.attempts: set[asyncio.Task[Any]] = set()  # the tasks running `run_attempt`, for wind_down
         self.done = 0
         self.failed = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,6 +98,25 @@ class WorkerRuntime:
         self._tasks.append(asyncio.create_task(BatchLane(s, self.pool, self.app, self.dispatcher).run(),
                                                name="blogqueue-batch-lane"))
         log.info("worker started", worker=self.worker_id, concurrency=s.worker_concurrency, queue=s.queue_name)
+
+    async def wind_down(self, timeout: float) -> None:
+        """Lets the attempts still running end on their own, then cancels what is left after `timeout`.
+
+        arq's own shutdown waits for its jobs, but not when its loop died of a lost Redis: its
+        close gives up at the first job whose Redis bookkeeping fails, and the loop would be
+        closed under the others mid-stage. Their work only needs PostgreSQL, so each ends as it
+        would have: its checkpoint saved or refused (a lapsed lease), its finish written. One
+        still running after `timeout` is cancelled: it gives its attempt back unpaid.
+        """
+        pending = {t for t in self.attempts if not t.done()}
+        if not pending:
+            return
+        log.info("winding down the attempts still running", attempts=len(pending), timeout_s=timeout)
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -485,7 +505,14 @@ class ArqWorker(Worker):
 
 async def run_attempt(ctx: dict[str, Any], job_id: str, attempt: int) -> str:
     runtime: WorkerRuntime = ctx["blogqueue"]
-    return await runtime.run_attempt(job_id, attempt)
+    task = asyncio.current_task()
+    if task is not None:
+        runtime.attempts.add(task)
+    try:
+        return await runtime.run_attempt(job_id, attempt)
+    finally:
+        if task is not None:
+            runtime.attempts.discard(task)
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -511,6 +538,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
 async def _shutdown(ctx: dict[str, Any]) -> None:
     runtime: WorkerRuntime | None = ctx.pop("blogqueue", None)  # once, whoever calls first
     if runtime is not None:
+        # Nothing to wait for after arq's own shutdown (it waited); after a lost Redis, see wind_down.
+        await runtime.wind_down(runtime.settings.shutdown_grace_seconds)
         await runtime.stop()
         try:
             # Bounded: closing politely waits on every connection, and a dead peer never answers.

@@ -114,5 +114,42 @@ async def test_worker_rides_out_a_redis_outage(client, workers, settings, pool, 
         redis.stop()
 
 
+async def test_attempts_running_when_redis_goes_away_finish_on_postgresql(client, workers, pool, tmp_path):
+    """Redis lost mid-run: arq's shutdown gives up at the first job whose Redis bookkeeping fails
+    and would close the loop under the others; the worker lets them end on PostgreSQL alone
+    (WorkerRuntime.wind_down). The long attempts finish `done` on their first attempt while Redis
+    is still away, instead of hanging as `running` until their lease lapses."""
+    from testkit.processes import RedisServer
+
+    redis = RedisServer(tmp_path).start()
+    try:
+        # A grace longer than what the long attempts have left when Redis goes (the tests' default is 2 s).
+        (worker,) = workers(1, redis_url=redis.url, shutdown_grace_seconds=10)
+        short = await client.enqueue("shop-a", keyword_jobs(2, image=False, model="offline:slow-1500"))
+        long = await client.enqueue("shop-a", keyword_jobs(2, image=False, model="offline:slow-6000"))
+        ids = [j.id for j in short.jobs + long.jobs]
+
+        async def all_running():
+            n = await pool.fetchval("SELECT count(*) FROM bq_jobs WHERE status = 'running' AND id = ANY($1::uuid[])",
+                                    ids)
+            return n == 4
+        await wait_until(all_running, timeout=30, what="the four attempts to run")
+        redis.stop()  # the short ones' arq bookkeeping fails first, then arq's poll
+
+        async def long_done():
+            return [(await client.get_job(j.id)).status for j in long.jobs] == ["done", "done"]
+        await wait_until(long_done, timeout=25, what="the long attempts to finish while Redis is away")
+        assert await _logged(tmp_path, "winding down the attempts still running")
+        for j in long.jobs:
+            job = await client.get_job(j.id)
+            assert job.attempts == 1
+            assert "lease_expired" not in [e.event for e in job.events]
+        redis.start()
+        await wait_until(lambda: _logged(tmp_path, "restarting the arq loop"), timeout=30, what="the restart")
+        assert worker.alive()
+    finally:
+        redis.stop()
+
+
 async def _logged(tmp_path, text):
     return any(text in log.read_text(errors="replace") for log in tmp_path.glob("worker-*.log"))
