@@ -58,6 +58,11 @@ class Recorder:
     jobs: dict[str, str] = field(default_factory=dict)  # job id -> tenant that enqueued it
     stopped: set[str] = field(default_factory=set)
 
+    def add(self, endpoint: str, scheduled: float, status: int | None, error: BaseException | None = None) -> None:
+        """One answered (status) or failed (error) request; its latency counts from `scheduled` (monotonic)."""
+        rec_error = type(error).__name__ if error is not None else None
+        self.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, status, rec_error))
+
     def by_endpoint(self, since: float = float("-inf"), until: float = float("inf")) -> dict[str, list[Sample]]:
         out: dict[str, list[Sample]] = {e: [] for e in ENDPOINTS}
         for s in self.samples:
@@ -219,9 +224,9 @@ async def open_loop(send: Send, tokens: dict[str, str], rate: float, seconds: fl
         try:
             status, data = await send(method, url, token, body)
         except (OSError, TimeoutError, aiohttp.ClientError) as exc:
-            rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, None, type(exc).__name__))
+            rec.add(endpoint, scheduled, None, exc)
             return None
-        rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, status))
+        rec.add(endpoint, scheduled, status)
         return status, data
 
     async def arrival(k: int, tenant: str, scheduled: float) -> None:
@@ -271,9 +276,9 @@ async def _timed(http: httpx.AsyncClient, rec: Recorder, endpoint: str, method: 
     try:
         resp = await http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
     except httpx.TransportError as exc:
-        rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, None, type(exc).__name__))
+        rec.add(endpoint, scheduled, None, exc)
         return None
-    rec.samples.append(Sample(endpoint, scheduled, time.monotonic() - scheduled, resp.status_code))
+    rec.add(endpoint, scheduled, resp.status_code)
     return resp
 
 
